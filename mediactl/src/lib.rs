@@ -1,0 +1,6 @@
+//! `mediactl`: the whole API in one local process on embedded parts (SQLite, local files, the
+//! provider simulator), plus user and credit administration.
+
+pub mod serve;
+
+pub use serve::{ServeConfig, ServeError, Server};

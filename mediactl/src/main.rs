@@ -1,0 +1,264 @@
+//! `mediactl`: run the media cache API locally and administer it.
+
+use clap::{Parser, Subcommand};
+use media_cache::clock::{Clock, SystemClock};
+use media_cache::ports::AccountStore;
+use media_cache::service::accounts::{add_key, create_user, generate_request_id, statement};
+use mediactl::serve::{ServeConfig, open_store, start};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The media cache API on your machine: serve it, manage users and credits"
+)]
+struct Cli {
+    /// Where the SQLite store, the media files and the URL-signing key live.
+    #[arg(
+        long,
+        global = true,
+        env = "MEDIACTL_DATA_DIR",
+        default_value = "mediactl-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole API in this process (embedded store, local files, provider simulator).
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage credits.
+    #[command(subcommand)]
+    Credits(CreditsCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MEDIACTL_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Base URL of result links, if clients reach the server under another name.
+    #[arg(long, env = "MEDIACTL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Use the real OpenAI API with this key instead of the simulator.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    openai_api_key: Option<String>,
+    /// OpenAI base URL (used with a key).
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com"
+    )]
+    openai_base_url: String,
+    /// Address of the built-in simulator (port 0: any free port).
+    #[arg(long, env = "MEDIACTL_SIM_ADDR", default_value = "127.0.0.1:0")]
+    sim_addr: SocketAddr,
+    /// A pricing file (TOML, the shape of shared/pricing.toml) replacing the defaults.
+    #[arg(long, env = "MEDIACTL_PRICING")]
+    pricing: Option<PathBuf>,
+    /// How long result URLs stay valid, in seconds.
+    #[arg(long, env = "MEDIACTL_URL_TTL_SECS", default_value_t = 3600)]
+    url_ttl_secs: u64,
+    /// Credits of the dev user created on first start.
+    #[arg(long, env = "MEDIACTL_DEV_CREDITS", default_value_t = 1000)]
+    dev_credits: u64,
+    /// Timeout of one provider attempt, in seconds.
+    #[arg(long, env = "MEDIACTL_PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
+    provider_timeout_secs: u64,
+    /// Write logs as JSON lines.
+    #[arg(long, env = "MEDIACTL_JSON_LOGS")]
+    json_logs: bool,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user and print its API key.
+    Create {
+        /// Starting credits.
+        #[arg(long, default_value_t = 100)]
+        credits: u64,
+    },
+    /// Print a new API key for an existing user.
+    AddKey {
+        /// The user id (usr_...).
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// Add credits to a user.
+    Grant {
+        /// The user id (usr_...).
+        user: String,
+        /// How many credits.
+        amount: u64,
+    },
+    /// Show a user's balance and latest ledger lines.
+    Show {
+        /// The user id (usr_...).
+        user: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mediactl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let clock = SystemClock;
+    match cli.command {
+        Command::Serve(args) => serve(cli.data_dir, args).await,
+        Command::Users(UsersCommand::Create { credits }) => {
+            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let user = create_user(&store, credits, clock.now())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "user_id: {}\napi_key: {}\ncredits: {}",
+                user.user_id, user.api_key, user.credits
+            );
+            Ok(())
+        }
+        Command::Users(UsersCommand::AddKey { user }) => {
+            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let key = add_key(&store, &user)
+                .await
+                .map_err(|e| format!("{user}: {e}"))?;
+            println!("api_key: {key}");
+            Ok(())
+        }
+        Command::Credits(CreditsCommand::Grant { user, amount }) => {
+            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let balance = store
+                .grant(&user, amount, &generate_request_id(), clock.now())
+                .await
+                .map_err(|e| format!("{user}: {e}"))?;
+            println!("granted {amount} credits to {user}; balance {balance}");
+            Ok(())
+        }
+        Command::Credits(CreditsCommand::Show { user }) => {
+            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let Some(s) = statement(&store, &user, 20)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Err(format!("{user}: unknown user"));
+            };
+            println!(
+                "{}: {} credits remaining, {} used",
+                s.account.user_id, s.account.credits_remaining, s.account.credits_used
+            );
+            for line in s.ledger {
+                println!(
+                    "  {}  {:>+6}  {:<6}  {}",
+                    line.at.format("%Y-%m-%d %H:%M:%S"),
+                    line.amount,
+                    line.reason.as_str(),
+                    line.request_id
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .compact()
+            .with_env_filter(filter)
+            .init();
+    }
+    let config = ServeConfig {
+        addr: args.addr,
+        data_dir: data_dir.clone(),
+        public_url: args.public_url,
+        openai_api_key: args.openai_api_key.filter(|k| !k.is_empty()),
+        openai_base_url: args.openai_base_url,
+        sim_addr: args.sim_addr,
+        pricing_file: args.pricing,
+        url_ttl: Duration::from_secs(args.url_ttl_secs),
+        dev_credits: args.dev_credits,
+        provider_timeout: Duration::from_secs(args.provider_timeout_secs),
+        ..ServeConfig::default()
+    };
+    let server = start(config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("media cache API listening on {}", server.base_url);
+    println!("data directory: {}", data_dir.display());
+    match &server.sim {
+        Some(sim) => println!(
+            "providers: built-in simulator at {} (set OPENAI_API_KEY for real OpenAI)",
+            sim.base_url
+        ),
+        None => println!("providers: OpenAI"),
+    }
+    match &server.dev_user {
+        Some(user) => {
+            println!(
+                "\ncreated dev user {} with {} credits",
+                user.user_id, user.credits
+            );
+            println!("API key (shown once): {}\n", user.api_key);
+            println!("try it:");
+            println!(
+                "  curl -s {}/api/v1/media/tts -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' -d '{{\"text\":\"Hello from the cache\"}}'",
+                server.base_url, user.api_key
+            );
+        }
+        None => {
+            println!("existing users kept; `mediactl users create --credits 100` prints a new key")
+        }
+    }
+    shutdown_signal().await;
+    println!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

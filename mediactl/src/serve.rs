@@ -1,0 +1,231 @@
+//! `mediactl serve`: wires the embedded adapters to the shared application and runs it.
+
+use axum::Router;
+use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
+use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
+use media_cache::adapters::sqlite::SqliteStore;
+use media_cache::clock::Clock;
+use media_cache::domain::PriceTable;
+use media_cache::domain::pricing::PricingError;
+use media_cache::http::objects::objects_router;
+use media_cache::http::{AppState, router};
+use media_cache::ports::{AccountStore, ChargeError, ProviderError, StoreError};
+use media_cache::service::MediaService;
+use media_cache::service::accounts::{NewUser, create_user};
+use provider_sim::{SimConfig, SimHandle};
+use rand::Rng;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Everything `serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the API listens (port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// Where the SQLite file, the objects and the URL-signing key live.
+    pub data_dir: PathBuf,
+    /// Base of result URLs, when clients reach the server under another name.
+    pub public_url: Option<String>,
+    /// Real OpenAI key; without it the built-in simulator answers.
+    pub openai_api_key: Option<String>,
+    /// OpenAI base URL (with a key), e.g. a proxy.
+    pub openai_base_url: String,
+    /// Where the simulator listens when it runs.
+    pub sim_addr: SocketAddr,
+    /// A pricing file replacing the defaults.
+    pub pricing_file: Option<PathBuf>,
+    /// How long result URLs stay valid.
+    pub url_ttl: Duration,
+    /// Credits of the dev user created on first start.
+    pub dev_credits: u64,
+    /// Timeout of one provider attempt.
+    pub provider_timeout: Duration,
+    /// Retries after a failed provider attempt.
+    pub provider_retries: u32,
+    /// First retry delay (doubles per retry) when the provider gives none.
+    pub provider_backoff: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("mediactl-data"),
+            public_url: None,
+            openai_api_key: None,
+            openai_base_url: "https://api.openai.com".into(),
+            sim_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pricing_file: None,
+            url_ttl: Duration::from_secs(3600),
+            dev_credits: 1000,
+            provider_timeout: Duration::from_secs(120),
+            provider_retries: 2,
+            provider_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A file or socket problem.
+    #[error("{0}")]
+    Io(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The pricing file is unusable.
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    /// The provider client could not be built.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The dev user could not be created.
+    #[error(transparent)]
+    Account(#[from] ChargeError),
+}
+
+fn io_err(context: &str, e: impl std::fmt::Display) -> ServeError {
+    ServeError::Io(format!("{context}: {e}"))
+}
+
+/// A running server.
+pub struct Server {
+    /// `http://HOST:PORT` of the API.
+    pub base_url: String,
+    /// The simulator, when no OpenAI key was given.
+    pub sim: Option<SimHandle>,
+    /// The dev user made on first start (its key is shown only now).
+    pub dev_user: Option<NewUser>,
+    /// The store, for admin work next to the running server.
+    pub store: SqliteStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting connections, finishes requests in flight, and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Opens the embedded store of a data directory.
+pub fn open_store(data_dir: &Path) -> Result<SqliteStore, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| io_err(&data_dir.display().to_string(), e))?;
+    Ok(SqliteStore::open(&data_dir.join("media.db"))?)
+}
+
+/// The URL-signing secret of a data directory, made on first use and readable only by its owner.
+fn signing_secret(data_dir: &Path) -> Result<Vec<u8>, ServeError> {
+    let path = data_dir.join("url-signing.key");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok(secret),
+        Ok(_) => return Err(ServeError::Io(format!("{} is too short", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path.display().to_string(), e)),
+    }
+    let secret = rand::rng().random::<[u8; 32]>().to_vec();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| io_err(&path.display().to_string(), e))?;
+    std::io::Write::write_all(&mut file, &secret)
+        .map_err(|e| io_err(&path.display().to_string(), e))?;
+    Ok(secret)
+}
+
+/// Starts the API (and the simulator unless an OpenAI key is set) on `clock`.
+pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
+    let store = open_store(&config.data_dir)?;
+    let pricing = match &config.pricing_file {
+        Some(path) => PriceTable::from_toml(
+            &std::fs::read_to_string(path).map_err(|e| io_err(&path.display().to_string(), e))?,
+        )?,
+        None => PriceTable::default(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| io_err(&format!("cannot listen on {}", config.addr), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| io_err("local address", e))?;
+    let base_url = format!("http://{local}");
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| base_url.clone());
+
+    let (sim, openai) = match &config.openai_api_key {
+        Some(key) => (None, OpenAiConfig::new(&config.openai_base_url, key)),
+        None => {
+            let sim = provider_sim::spawn(SimConfig::default(), config.sim_addr)
+                .await
+                .map_err(|e| io_err("cannot start the provider simulator", e))?;
+            let openai = OpenAiConfig::new(&sim.base_url, "sim-key");
+            (Some(sim), openai)
+        }
+    };
+    let openai = Arc::new(OpenAiClient::new(OpenAiConfig {
+        timeout: config.provider_timeout,
+        max_retries: config.provider_retries,
+        initial_backoff: config.provider_backoff,
+        ..openai
+    })?);
+
+    let objects = FsObjectStore::new(
+        config.data_dir.join("objects"),
+        &public_url,
+        UrlSigner::new(signing_secret(&config.data_dir)?),
+    );
+    let service = Arc::new(MediaService::new(
+        Arc::new(store.clone()),
+        Arc::new(objects.clone()),
+        openai.clone(),
+        openai,
+        pricing,
+        Arc::clone(&clock),
+    ));
+
+    let dev_user = if store.user_count().await? == 0 {
+        Some(create_user(&store, config.dev_credits, clock.now()).await?)
+    } else {
+        None
+    };
+
+    let app: Router = router(AppState {
+        service,
+        url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
+    })
+    .merge(objects_router(objects, clock));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    Ok(Server {
+        base_url,
+        sim,
+        dev_user,
+        store,
+        shutdown: Some(tx),
+        task,
+    })
+}

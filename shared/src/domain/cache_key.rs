@@ -1,0 +1,139 @@
+//! Cache keys: `CACHE#{type}#{sha256 hex}` over a key-format version, the media type and the
+//! canonical JSON of the normalised parameters.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Bumped whenever normalisation changes, so old entries are simply never matched again.
+pub const KEY_FORMAT_VERSION: u32 = 1;
+
+/// The kinds of media the API generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaType {
+    /// Text to speech.
+    Tts,
+    /// Image generation.
+    Image,
+}
+
+impl MediaType {
+    /// The lowercase name used in keys and routes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::Tts => "tts",
+            MediaType::Image => "image",
+        }
+    }
+
+    /// Parses the name used in keys.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tts" => Some(MediaType::Tts),
+            "image" => Some(MediaType::Image),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for MediaType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity of one generated result.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    media_type: MediaType,
+    hash: String,
+}
+
+impl CacheKey {
+    /// The key of `params` (normalised parameters) of `media_type`.
+    pub fn of<P: Serialize>(media_type: MediaType, params: &P) -> Self {
+        let canonical = canonical_json(params);
+        let mut hasher = Sha256::new();
+        hasher.update(format!("v{KEY_FORMAT_VERSION}\n{media_type}\n").as_bytes());
+        hasher.update(canonical.as_bytes());
+        Self {
+            media_type,
+            hash: hex::encode(hasher.finalize()),
+        }
+    }
+
+    /// Parses `CACHE#{type}#{hash}`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('#');
+        let (Some("CACHE"), Some(t), Some(hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let valid_hash = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        Some(Self {
+            media_type: MediaType::parse(t)?,
+            hash: valid_hash.then(|| hash.to_owned())?,
+        })
+    }
+
+    /// The media type this key belongs to.
+    pub fn media_type(&self) -> MediaType {
+        self.media_type
+    }
+
+    /// The SHA-256 hex digest part.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CACHE#{}#{}", self.media_type, self.hash)
+    }
+}
+
+/// JSON with object keys sorted at every level and numbers in serde_json's single shortest form.
+pub fn canonical_json<P: Serialize>(params: &P) -> String {
+    // serde_json's Map is a BTreeMap (no `preserve_order`), so going through Value sorts keys.
+    // Serialising our own plain structs cannot fail.
+    serde_json::to_value(params)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_has_documented_shape_and_parses_back() {
+        let key = CacheKey::of(MediaType::Tts, &json!({"text": "hi"}));
+        let s = key.to_string();
+        assert!(s.starts_with("CACHE#tts#"));
+        assert_eq!(s.len(), "CACHE#tts#".len() + 64);
+        assert_eq!(CacheKey::parse(&s), Some(key));
+        assert_eq!(CacheKey::parse("CACHE#tts#xyz"), None);
+        assert_eq!(CacheKey::parse("CACHE#music#"), None);
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        assert_eq!(
+            canonical_json(&json!({"b": 1, "a": {"d": 2, "c": 1.5}})),
+            r#"{"a":{"c":1.5,"d":2},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn type_is_part_of_the_hash() {
+        let p = json!({"x": 1});
+        assert_ne!(
+            CacheKey::of(MediaType::Tts, &p).hash(),
+            CacheKey::of(MediaType::Image, &p).hash()
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! Validation errors of client requests.
+
+/// A request parameter that is missing or out of range; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {message}")]
+pub struct ValidationError {
+    /// The offending field, as the client spelled it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A validation error on `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks that `value` (already lower-cased) is one of `allowed`.
+pub(crate) fn one_of(
+    field: &'static str,
+    value: &str,
+    allowed: &[&str],
+) -> Result<(), ValidationError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be one of {} (got {value:?})", allowed.join(", ")),
+        ))
+    }
+}

@@ -1,0 +1,254 @@
+//! The HTTP application (axum): routes, request parsing, answers. The same `Router` runs under
+//! `mediactl serve` and, through `lambda_http`, on AWS Lambda.
+
+pub mod error;
+#[cfg(feature = "embedded")]
+pub mod objects;
+
+pub use error::{ApiError, HttpError};
+
+use crate::service::accounts::generate_request_id;
+use crate::service::{CacheControl, CallContext, Generation, MediaService, ServiceError};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::{Duration, SubsecRound};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Largest accepted request body (a 32,000-character image prompt fits with room to spare).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The application.
+    pub service: Arc<MediaService>,
+    /// How long a result URL stays valid.
+    pub url_ttl: Duration,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/media/tts", post(tts))
+        .route("/api/v1/media/image", post(image))
+        .route("/api/v1/credits", get(credits))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(&generate_request_id(), HttpError::NotFound)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(&generate_request_id(), HttpError::MethodNotAllowed)
+}
+
+async fn tts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let call = call_context(&headers)?;
+    let req = parse_body(&call.request_id, body)?;
+    let generation = state
+        .service
+        .speech(&call, &req)
+        .await
+        .map_err(|e| ApiError::new(&call.request_id, e))?;
+    answer(&state, &call, generation).await
+}
+
+async fn image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let call = call_context(&headers)?;
+    let req = parse_body(&call.request_id, body)?;
+    let generation = state
+        .service
+        .image(&call, &req)
+        .await
+        .map_err(|e| ApiError::new(&call.request_id, e))?;
+    answer(&state, &call, generation).await
+}
+
+async fn credits(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let call = call_context(&headers)?;
+    let statement = state
+        .service
+        .statement(&call, 20)
+        .await
+        .map_err(|e| ApiError::new(&call.request_id, e))?;
+    let body = json!({
+        "user_id": statement.account.user_id,
+        "credits_remaining": statement.account.credits_remaining,
+        "credits_used": statement.account.credits_used,
+        "ledger": statement.ledger,
+    });
+    let mut response = Json(body).into_response();
+    set_header(&mut response, "x-request-id", &call.request_id);
+    Ok(response)
+}
+
+/// Reads the headers the API honours. A malformed one is a 400, never ignored.
+fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
+    let request_id = generate_request_id();
+    let api_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        })
+        .filter(|t| !t.is_empty());
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().ok().map(str::trim).filter(|k| {
+                !k.is_empty()
+                    && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                    && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            let Some(key) = key else {
+                return Err(ApiError::new(
+                    &request_id,
+                    ServiceError::BadHeader(format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                    )),
+                ));
+            };
+            Some(key.to_owned())
+        }
+    };
+    let mut cache_control = CacheControl::default();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        for directive in value.to_str().unwrap_or_default().split(',') {
+            match directive.trim().to_ascii_lowercase().as_str() {
+                "no-cache" => cache_control.no_cache = true,
+                "no-store" => cache_control.no_store = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(CallContext {
+        api_key,
+        request_id,
+        idempotency_key,
+        cache_control,
+    })
+}
+
+/// Parses a JSON body; an oversized body is 413, anything malformed 400 with serde's reason.
+fn parse_body<T: DeserializeOwned>(
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            HttpError::MalformedBody(rejection.body_text())
+        };
+        ApiError::new(request_id, error)
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // Name the field when the error is inside one ("`speed`: invalid type...").
+        let message = match e.path().to_string().as_str() {
+            "." | "" => e.inner().to_string(),
+            path => format!("`{path}`: {}", e.inner()),
+        };
+        ApiError::new(request_id, HttpError::MalformedBody(message))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::new(request_id, HttpError::MalformedBody(e.to_string())))?;
+    Ok(value)
+}
+
+fn set_header(response: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, v);
+    }
+}
+
+/// Renders a result with fresh URLs and the cache and credit headers.
+async fn answer(
+    state: &AppState,
+    call: &CallContext,
+    generation: Generation,
+) -> Result<Response, ApiError> {
+    let expires_at = (state.service.clock().now() + state.url_ttl).trunc_subsecs(0);
+    let mut urls = Vec::with_capacity(generation.object_keys.len());
+    for key in &generation.object_keys {
+        let url = state
+            .service
+            .objects()
+            .presign_get(key, expires_at)
+            .await
+            .map_err(|e| ApiError::new(&call.request_id, ServiceError::from(e)))?;
+        urls.push(url);
+    }
+    tracing::info!(
+        request_id = %call.request_id,
+        media_type = %generation.media_type,
+        cache = generation.outcome.as_str(),
+        credits_charged = generation.credits_charged,
+        replayed = generation.replayed,
+        "served"
+    );
+    let body = json!({
+        "id": generation.id,
+        "status": "completed",
+        "media_type": generation.media_type,
+        "url": urls.first(),
+        "urls": urls,
+        "content_type": generation.content_type,
+        "cached": generation.outcome == crate::service::CacheOutcome::Hit,
+        "credits_charged": generation.credits_charged,
+        "credits_remaining": generation.credits_remaining,
+        "cache_key": generation.cache_key,
+        "provider": generation.provider,
+        "model": generation.model,
+        "created_at": generation.created_at,
+        "expires_at": expires_at,
+        "cache_expires_at": generation.cache_expires_at,
+    });
+    let mut response = Json(body).into_response();
+    set_header(&mut response, "x-cache", generation.outcome.as_str());
+    set_header(&mut response, "x-cache-key", &generation.cache_key);
+    set_header(
+        &mut response,
+        "x-credits-charged",
+        &generation.credits_charged.to_string(),
+    );
+    set_header(
+        &mut response,
+        "x-credits-remaining",
+        &generation.credits_remaining.to_string(),
+    );
+    set_header(&mut response, "x-request-id", &call.request_id);
+    if generation.replayed {
+        set_header(&mut response, "idempotent-replayed", "true");
+    }
+    Ok(response)
+}

@@ -1,0 +1,11 @@
+//! The media cache: pure domain logic, the ports it needs, the adapters that implement them, the
+//! application service that runs the cache flows, and the HTTP layer in front of it.
+
+pub mod adapters;
+pub mod clock;
+pub mod domain;
+pub mod http;
+pub mod ports;
+pub mod service;
+
+pub use clock::{Clock, ManualClock, SystemClock};

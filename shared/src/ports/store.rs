@@ -1,0 +1,124 @@
+//! The store: one trait per operation group, so each caller asks only for what it needs.
+
+use crate::domain::{
+    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, IdempotencyClaim, LedgerLine, Refund,
+    UserId,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// The store could not do what was asked (unreachable, corrupt data...).
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+/// Why a charge did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChargeError {
+    /// The balance is smaller than the price; nothing changed.
+    #[error("not enough credits: {available} available, {required} required")]
+    InsufficientCredits {
+        /// Balance at the time of the attempt (best known).
+        available: u64,
+        /// The price.
+        required: u64,
+    },
+    /// The user does not exist.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the hot path needs from one read: the caller's key record and the cache entry.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    /// The user owning the API key, if the key is known.
+    pub user_id: Option<UserId>,
+    /// The cache entry, if one is stored (possibly expired: the caller checks).
+    pub entry: Option<CacheEntry>,
+}
+
+/// One batch read of an API key record and a cache entry (the first of the hit path's two round
+/// trips).
+#[async_trait]
+pub trait LookupStore: Send + Sync {
+    /// Reads the key record of `api_key_digest` and, when given, the entry of `cache_key`.
+    async fn lookup(
+        &self,
+        api_key_digest: &str,
+        cache_key: Option<&CacheKey>,
+    ) -> Result<Lookup, StoreError>;
+}
+
+/// Credit movements, each in one transaction with its ledger line.
+#[async_trait]
+pub trait CreditStore: Send + Sync {
+    /// Debits the charge unless the balance would go below zero; returns the new balance.
+    /// With `count_hit`, the entry's `hit_count` grows by one in the same transaction.
+    async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError>;
+
+    /// Credits the refund once per request id; returns the new balance, or None if that request
+    /// was already refunded.
+    async fn refund(&self, refund: &Refund) -> Result<Option<u64>, StoreError>;
+}
+
+/// Writes cache entries.
+#[async_trait]
+pub trait CacheStore: Send + Sync {
+    /// Saves `entry`, replacing any entry under the same key.
+    async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError>;
+}
+
+/// Idempotency records for `Idempotency-Key`.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Takes the key for this request, or says why not.
+    async fn claim(&self, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError>;
+
+    /// Stores the answer that retries will get.
+    async fn complete(
+        &self,
+        user_id: &str,
+        key: &str,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Lets the key go after a failure, so a retry runs the request again.
+    async fn release(&self, user_id: &str, key: &str) -> Result<(), StoreError>;
+}
+
+/// Users, API keys and grants: the admin side.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates a user with no credits.
+    async fn create_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Attaches an API key (by digest) to a user.
+    async fn add_api_key(&self, api_key_digest: &str, user_id: &str) -> Result<(), StoreError>;
+
+    /// Adds credits with a `grant` ledger line; returns the new balance.
+    async fn grant(
+        &self,
+        user_id: &str,
+        amount: u64,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, ChargeError>;
+
+    /// The user's balance, if the user exists.
+    async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError>;
+
+    /// The user's ledger, newest first, at most `limit` lines.
+    async fn ledger(&self, user_id: &str, limit: usize) -> Result<Vec<LedgerLine>, StoreError>;
+
+    /// How many users exist.
+    async fn user_count(&self) -> Result<u64, StoreError>;
+}
+
+/// Everything the application needs from a store.
+pub trait Store: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore {}
+
+impl<T: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore> Store for T {}

@@ -1,0 +1,85 @@
+//! Users, API keys and credit grants (the admin side, used by `mediactl`).
+
+use crate::domain::{Account, LedgerLine, api_key_digest};
+use crate::ports::{AccountStore, ChargeError, StoreError};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+/// A freshly created user and the only copy of its API key.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// The user's id.
+    pub user_id: String,
+    /// The API key in clear; the store keeps only its digest.
+    pub api_key: String,
+    /// The starting balance.
+    pub credits: u64,
+}
+
+/// A new random API key: `mc_` and 160 random bits in hex.
+pub fn generate_api_key() -> String {
+    format!("mc_{}", hex::encode(rand::rng().random::<[u8; 20]>()))
+}
+
+/// A new random request id (also used for admin operations' ledger lines).
+pub fn generate_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a user with an API key and an initial grant of `credits`.
+pub async fn create_user(
+    store: &dyn AccountStore,
+    credits: u64,
+    now: DateTime<Utc>,
+) -> Result<NewUser, ChargeError> {
+    let user_id = format!("usr_{}", hex::encode(rand::rng().random::<[u8; 8]>()));
+    let api_key = generate_api_key();
+    store.create_user(&user_id, now).await?;
+    store
+        .add_api_key(&api_key_digest(&api_key), &user_id)
+        .await?;
+    if credits > 0 {
+        store
+            .grant(&user_id, credits, &generate_request_id(), now)
+            .await?;
+    }
+    Ok(NewUser {
+        user_id,
+        api_key,
+        credits,
+    })
+}
+
+/// Creates another API key for an existing user.
+pub async fn add_key(store: &dyn AccountStore, user_id: &str) -> Result<String, ChargeError> {
+    if store.account(user_id).await?.is_none() {
+        return Err(ChargeError::UnknownUser);
+    }
+    let api_key = generate_api_key();
+    store
+        .add_api_key(&api_key_digest(&api_key), user_id)
+        .await?;
+    Ok(api_key)
+}
+
+/// A user's balance with the latest ledger lines.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The balance.
+    pub account: Account,
+    /// Newest first.
+    pub ledger: Vec<LedgerLine>,
+}
+
+/// The balance and latest `limit` ledger lines of a user.
+pub async fn statement(
+    store: &dyn AccountStore,
+    user_id: &str,
+    limit: usize,
+) -> Result<Option<Statement>, StoreError> {
+    let Some(account) = store.account(user_id).await? else {
+        return Ok(None);
+    };
+    let ledger = store.ledger(user_id, limit).await?;
+    Ok(Some(Statement { account, ledger }))
+}

@@ -1,0 +1,71 @@
+//! Errors of the application service. They are mapped to HTTP in one place (`http::error`).
+
+use crate::domain::ValidationError;
+use crate::ports::{ChargeError, ObjectError, ProviderError, StoreError};
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A parameter is missing or out of range.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A header is malformed.
+    #[error("{0}")]
+    BadHeader(String),
+    /// No API key, or an unknown one.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The balance does not cover the price; nothing was generated.
+    #[error("not enough credits: this request costs {required}, {available} available")]
+    InsufficientCredits {
+        /// The price.
+        required: u64,
+        /// The balance.
+        available: u64,
+    },
+    /// The idempotency key was used with another request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    /// The first request with this idempotency key has not finished.
+    #[error("a request with this Idempotency-Key is still in progress; retry later")]
+    IdempotencyInProgress,
+    /// The provider failed; any charge was refunded.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The store or object storage failed.
+    #[error("storage is temporarily unavailable")]
+    Storage(String),
+    /// The price list has no price for a request the API accepts (a configuration error).
+    #[error("this request has no configured price")]
+    Unpriced,
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Storage(e.0)
+    }
+}
+
+impl From<ObjectError> for ServiceError {
+    fn from(e: ObjectError) -> Self {
+        ServiceError::Storage(e.0)
+    }
+}
+
+impl From<ChargeError> for ServiceError {
+    fn from(e: ChargeError) -> Self {
+        match e {
+            ChargeError::InsufficientCredits {
+                available,
+                required,
+            } => ServiceError::InsufficientCredits {
+                required,
+                available,
+            },
+            ChargeError::UnknownUser => {
+                ServiceError::Unauthorized("the user of this API key no longer exists")
+            }
+            ChargeError::Store(e) => e.into(),
+        }
+    }
+}

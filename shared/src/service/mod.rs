@@ -1,0 +1,455 @@
+//! The application service: the cache flows (auth, lookup, hit or miss, charge and refund,
+//! idempotency) over the ports. No HTTP types here; `http` translates.
+
+pub mod accounts;
+pub mod error;
+
+pub use error::ServiceError;
+
+use crate::clock::Clock;
+use crate::domain::cache_key::canonical_json;
+use crate::domain::media::extension_for;
+use crate::domain::{
+    CACHE_TTL, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, GeneratedMedia,
+    IdempotencyClaim, ImageRequest, LedgerReason, MediaType, PriceTable, Refund, TtsRequest,
+    api_key_digest,
+};
+use crate::ports::{ImageProvider, ObjectStore, ProviderError, SpeechProvider, Store};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::sync::Arc;
+
+/// The request's `Cache-Control` directives that the cache honours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// Skip the lookup, generate, overwrite the entry.
+    pub no_cache: bool,
+    /// Do not save the result as a cache entry.
+    pub no_store: bool,
+}
+
+/// Who is calling and how: everything about a call that is not its body.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The bearer token, if any.
+    pub api_key: Option<String>,
+    /// This request's id (ledger lines and logs carry it).
+    pub request_id: String,
+    /// The client's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+    /// Cache directives.
+    pub cache_control: CacheControl,
+}
+
+/// How a request was answered, as `X-Cache` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CacheOutcome {
+    /// Served from the cache.
+    Hit,
+    /// Generated because nothing was cached.
+    Miss,
+    /// Generated because the client asked to skip the cache.
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "HIT",
+            CacheOutcome::Miss => "MISS",
+            CacheOutcome::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// A served result, before URLs are made for it. Stored as the answer of idempotent requests, so
+/// a replay gets fresh URLs rather than stored ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The request id of the call that produced this answer.
+    pub id: String,
+    /// Media type.
+    pub media_type: MediaType,
+    /// `CACHE#{type}#{hash}`.
+    pub cache_key: String,
+    /// Hit, miss or bypass.
+    pub outcome: CacheOutcome,
+    /// Object keys of the media.
+    pub object_keys: Vec<String>,
+    /// MIME type of the media.
+    pub content_type: String,
+    /// Provider that made it.
+    pub provider: String,
+    /// Model that made it.
+    pub model: String,
+    /// Credits this call cost.
+    pub credits_charged: u64,
+    /// Balance after this call.
+    pub credits_remaining: u64,
+    /// When the media was generated.
+    pub created_at: DateTime<Utc>,
+    /// When the cache entry expires; None when it was not saved.
+    pub cache_expires_at: Option<DateTime<Utc>>,
+    /// Whether this is a stored answer replayed for an idempotent retry.
+    #[serde(default, skip_serializing)]
+    pub replayed: bool,
+}
+
+/// The user of an API key, with their balance and latest ledger lines.
+pub use accounts::Statement;
+
+/// What one media type contributes to the shared flow.
+struct MediaJob {
+    cache_key: CacheKey,
+    price: u64,
+    params: String,
+    content_type: &'static str,
+    provider: String,
+    model: String,
+}
+
+/// The media cache application.
+pub struct MediaService {
+    store: Arc<dyn Store>,
+    objects: Arc<dyn ObjectStore>,
+    speech: Arc<dyn SpeechProvider>,
+    images: Arc<dyn ImageProvider>,
+    pricing: PriceTable,
+    clock: Arc<dyn Clock>,
+}
+
+impl MediaService {
+    /// Wires the service to its adapters.
+    pub fn new(
+        store: Arc<dyn Store>,
+        objects: Arc<dyn ObjectStore>,
+        speech: Arc<dyn SpeechProvider>,
+        images: Arc<dyn ImageProvider>,
+        pricing: PriceTable,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            objects,
+            speech,
+            images,
+            pricing,
+            clock,
+        }
+    }
+
+    /// The object store, for making URLs of results.
+    pub fn objects(&self) -> &dyn ObjectStore {
+        self.objects.as_ref()
+    }
+
+    /// The clock the service runs on.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// Speech: served from the cache or generated.
+    pub async fn speech(
+        &self,
+        call: &CallContext,
+        req: &TtsRequest,
+    ) -> Result<Generation, ServiceError> {
+        let norm = req.normalize()?;
+        let job = MediaJob {
+            cache_key: norm.cache_key(),
+            price: self.pricing.tts(&norm),
+            params: canonical_json(&norm),
+            content_type: norm.content_type(),
+            provider: self.speech.name().to_owned(),
+            model: norm.model.clone(),
+        };
+        self.serve(call, job, || async {
+            self.speech.synthesize(&norm).await.map(|m| vec![m])
+        })
+        .await
+    }
+
+    /// Images: served from the cache or generated.
+    pub async fn image(
+        &self,
+        call: &CallContext,
+        req: &ImageRequest,
+    ) -> Result<Generation, ServiceError> {
+        let norm = req.normalize()?;
+        let job = MediaJob {
+            cache_key: norm.cache_key(),
+            price: self.pricing.image(&norm).ok_or(ServiceError::Unpriced)?,
+            params: canonical_json(&norm),
+            content_type: norm.content_type(),
+            provider: self.images.name().to_owned(),
+            model: norm.model.clone(),
+        };
+        self.serve(call, job, || self.images.generate(&norm)).await
+    }
+
+    /// The caller's balance and latest ledger lines.
+    pub async fn statement(
+        &self,
+        call: &CallContext,
+        limit: usize,
+    ) -> Result<Statement, ServiceError> {
+        let user_id = self.authenticate(call).await?;
+        accounts::statement(self.store.as_ref(), &user_id, limit)
+            .await?
+            .ok_or(ServiceError::Unauthorized(
+                "the user of this API key no longer exists",
+            ))
+    }
+
+    async fn authenticate(&self, call: &CallContext) -> Result<String, ServiceError> {
+        let api_key = api_key_of(call)?;
+        let lookup = self.store.lookup(&api_key_digest(api_key), None).await?;
+        lookup
+            .user_id
+            .ok_or(ServiceError::Unauthorized("invalid API key"))
+    }
+
+    /// Auth and the cache read in one batch, then idempotency, then hit or miss.
+    async fn serve<F, Fut>(
+        &self,
+        call: &CallContext,
+        job: MediaJob,
+        generate: F,
+    ) -> Result<Generation, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
+    {
+        let api_key = api_key_of(call)?;
+        let wanted = (!call.cache_control.no_cache).then_some(&job.cache_key);
+        let lookup = self.store.lookup(&api_key_digest(api_key), wanted).await?;
+        let user_id = lookup
+            .user_id
+            .ok_or(ServiceError::Unauthorized("invalid API key"))?;
+
+        let Some(idempotency_key) = call.idempotency_key.as_deref() else {
+            return self
+                .hit_or_miss(call, &user_id, lookup.entry, job, generate)
+                .await;
+        };
+        let claim = IdempotencyClaim {
+            user_id: user_id.clone(),
+            key: idempotency_key.to_owned(),
+            fingerprint: fingerprint(&job.cache_key, call.cache_control),
+            at: self.clock.now(),
+        };
+        match self.store.claim(&claim).await? {
+            ClaimOutcome::Claimed => {}
+            ClaimOutcome::Replay(answer) => {
+                let mut generation: Generation = serde_json::from_str(&answer)
+                    .map_err(|e| ServiceError::Storage(format!("stored answer: {e}")))?;
+                generation.replayed = true;
+                return Ok(generation);
+            }
+            ClaimOutcome::Conflict => return Err(ServiceError::IdempotencyConflict),
+            ClaimOutcome::InProgress => return Err(ServiceError::IdempotencyInProgress),
+        }
+        let result = self
+            .hit_or_miss(call, &user_id, lookup.entry, job, generate)
+            .await;
+        let saved = match &result {
+            Ok(generation) => {
+                let answer = serde_json::to_string(generation).unwrap_or_default();
+                self.store
+                    .complete(&user_id, idempotency_key, &answer, self.clock.now())
+                    .await
+            }
+            Err(_) => self.store.release(&user_id, idempotency_key).await,
+        };
+        if let Err(e) = saved {
+            // The request itself succeeded or failed on its own; a retry may run it again.
+            tracing::warn!(request_id = %call.request_id, error = %e, "idempotency record not saved");
+        }
+        result
+    }
+
+    async fn hit_or_miss<F, Fut>(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        entry: Option<CacheEntry>,
+        job: MediaJob,
+        generate: F,
+    ) -> Result<Generation, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
+    {
+        let now = self.clock.now();
+        let media_type = job.cache_key.media_type();
+        if let Some(entry) = entry.filter(|e| e.is_servable(now)) {
+            let price = self.pricing.hit(job.price);
+            let remaining = self
+                .store
+                .charge(&Charge {
+                    user_id: user_id.to_owned(),
+                    amount: price,
+                    reason: LedgerReason::Hit,
+                    request_id: call.request_id.clone(),
+                    cache_key: job.cache_key.clone(),
+                    count_hit: true,
+                    at: now,
+                })
+                .await?;
+            return Ok(Generation {
+                id: call.request_id.clone(),
+                media_type,
+                cache_key: job.cache_key.to_string(),
+                outcome: CacheOutcome::Hit,
+                object_keys: entry.result_keys,
+                content_type: entry.content_type,
+                provider: entry.provider,
+                model: entry.model,
+                credits_charged: price,
+                credits_remaining: remaining,
+                created_at: entry.created_at,
+                cache_expires_at: Some(entry.expires_at),
+                replayed: false,
+            });
+        }
+
+        let remaining = self
+            .store
+            .charge(&Charge {
+                user_id: user_id.to_owned(),
+                amount: job.price,
+                reason: LedgerReason::Miss,
+                request_id: call.request_id.clone(),
+                cache_key: job.cache_key.clone(),
+                count_hit: false,
+                at: now,
+            })
+            .await?;
+        let started = std::time::Instant::now();
+        let generated = generate().await.and_then(|media| {
+            if media.is_empty() {
+                Err(ProviderError::BadResponse {
+                    message: "no media in the answer".into(),
+                })
+            } else {
+                Ok(media)
+            }
+        });
+        tracing::info!(
+            request_id = %call.request_id,
+            media_type = %media_type,
+            provider = %job.provider,
+            provider_latency_ms = started.elapsed().as_millis() as u64,
+            ok = generated.is_ok(),
+            "provider call"
+        );
+        let stored = match generated {
+            Ok(media) => self.store_media(media_type, media).await,
+            Err(e) => Err(ServiceError::Provider(e)),
+        };
+        let object_keys = match stored {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.refund(user_id, job.price, call, &job.cache_key).await;
+                return Err(e);
+            }
+        };
+
+        // Stored precision: microseconds for times, whole seconds for the TTL.
+        let created_at = self.clock.now().trunc_subsecs(6);
+        let expires_at = (created_at + CACHE_TTL).trunc_subsecs(0);
+        let save = !call.cache_control.no_store;
+        if save {
+            let entry = CacheEntry {
+                cache_key: job.cache_key.clone(),
+                status: EntryStatus::Ready,
+                result_keys: object_keys.clone(),
+                content_type: job.content_type.to_owned(),
+                provider: job.provider.clone(),
+                model: job.model.clone(),
+                credits_used: job.price,
+                created_at,
+                hit_count: 0,
+                expires_at,
+                request_params: job.params,
+            };
+            if let Err(e) = self.store.put_entry(&entry).await {
+                // The user has the result; only future hits are lost.
+                tracing::warn!(request_id = %call.request_id, error = %e, "cache entry not saved");
+            }
+        }
+        Ok(Generation {
+            id: call.request_id.clone(),
+            media_type,
+            cache_key: job.cache_key.to_string(),
+            outcome: if call.cache_control.no_cache {
+                CacheOutcome::Bypass
+            } else {
+                CacheOutcome::Miss
+            },
+            object_keys,
+            content_type: job.content_type.to_owned(),
+            provider: job.provider,
+            model: job.model,
+            credits_charged: job.price,
+            credits_remaining: remaining,
+            created_at,
+            cache_expires_at: save.then_some(expires_at),
+            replayed: false,
+        })
+    }
+
+    /// Copies media into object storage under content-addressed keys.
+    async fn store_media(
+        &self,
+        media_type: MediaType,
+        media: Vec<GeneratedMedia>,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut keys = Vec::with_capacity(media.len());
+        for item in media {
+            let key = format!(
+                "{media_type}/{}.{}",
+                hex::encode(Sha256::digest(&item.bytes)),
+                extension_for(&item.content_type)
+            );
+            self.objects
+                .put(&key, item.bytes, &item.content_type)
+                .await?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    async fn refund(&self, user_id: &str, amount: u64, call: &CallContext, cache_key: &CacheKey) {
+        let refund = Refund {
+            user_id: user_id.to_owned(),
+            amount,
+            request_id: call.request_id.clone(),
+            cache_key: cache_key.clone(),
+            at: self.clock.now(),
+        };
+        if let Err(e) = self.store.refund(&refund).await {
+            // Left for reconciliation: the charge line without a refund line shows it.
+            tracing::error!(request_id = %call.request_id, user_id, amount, error = %e, "refund failed");
+        }
+    }
+}
+
+fn api_key_of(call: &CallContext) -> Result<&str, ServiceError> {
+    call.api_key.as_deref().ok_or(ServiceError::Unauthorized(
+        "missing API key: send Authorization: Bearer <key>",
+    ))
+}
+
+/// What an idempotent request asks for: the result and how the cache may be used.
+fn fingerprint(cache_key: &CacheKey, cc: CacheControl) -> String {
+    let text = format!(
+        "{cache_key}|no-cache={}|no-store={}",
+        cc.no_cache, cc.no_store
+    );
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
