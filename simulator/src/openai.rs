@@ -28,31 +28,56 @@ pub(crate) struct StoredFile {
     expires: Instant,
 }
 
+/// An error in OpenAI's shape: `{"error":{"message","type","param","code"}}`.
+pub(crate) struct OaiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+    message: String,
+}
+
+impl IntoResponse for OaiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
 fn error(
     status: StatusCode,
-    kind: &str,
-    code: Option<&str>,
-    param: Option<&str>,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
     message: &str,
 ) -> Response {
-    (
+    OaiError {
         status,
-        Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}})),
-    )
-        .into_response()
+        kind,
+        code,
+        param,
+        message: message.into(),
+    }
+    .into_response()
 }
 
-fn invalid(param: &str, message: &str) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        None,
-        Some(param),
-        message,
-    )
+fn invalid_error(param: &'static str, message: &str) -> OaiError {
+    OaiError {
+        status: StatusCode::BAD_REQUEST,
+        kind: "invalid_request_error",
+        code: None,
+        param: Some(param),
+        message: message.into(),
+    }
 }
 
-fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+fn invalid(param: &'static str, message: &str) -> Response {
+    invalid_error(param, message).into_response()
+}
+
+fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), OaiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -66,13 +91,13 @@ fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
     if ok {
         Ok(())
     } else {
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            Some("invalid_api_key"),
-            None,
-            "Incorrect API key provided.",
-        ))
+        Err(OaiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            code: Some("invalid_api_key"),
+            param: None,
+            message: "Incorrect API key provided.".into(),
+        })
     }
 }
 
@@ -141,8 +166,8 @@ pub(crate) async fn speech(
     body: Bytes,
 ) -> Response {
     state.count(Endpoint::Speech);
-    if let Err(resp) = authorize(&state, &headers) {
-        return resp;
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
     }
     let fault = state.next_fault(Endpoint::Speech);
     if let Some(resp) = apply_fault(&fault).await {
@@ -222,7 +247,7 @@ pub(crate) struct ImagesBody {
 }
 
 /// Checks an image request like the real API; Err is the 400 answer.
-fn validate_images(req: &ImagesBody) -> Result<(u32, u32), Response> {
+fn validate_images(req: &ImagesBody) -> Result<(u32, u32), OaiError> {
     let model = req.model.as_deref().unwrap_or("dall-e-2");
     let (max_prompt, max_n, sizes, qualities): (usize, u32, &[&str], &[&str]) = match model {
         "dall-e-2" => (
@@ -243,40 +268,46 @@ fn validate_images(req: &ImagesBody) -> Result<(u32, u32), Response> {
             &["1024x1024", "1536x1024", "1024x1536", "auto"],
             &["low", "medium", "high", "auto"],
         ),
-        other => return Err(invalid("model", &format!("Invalid model: {other}"))),
+        other => return Err(invalid_error("model", &format!("Invalid model: {other}"))),
     };
     let chars = req.prompt.chars().count();
     if chars == 0 || chars > max_prompt {
-        return Err(invalid(
+        return Err(invalid_error(
             "prompt",
             &format!("prompt must be 1 to {max_prompt} characters"),
         ));
     }
     let n = req.n.unwrap_or(1);
     if n == 0 || n > max_n {
-        return Err(invalid(
+        return Err(invalid_error(
             "n",
             &format!("n must be between 1 and {max_n} for {model}"),
         ));
     }
     let size = req.size.as_deref().unwrap_or("1024x1024");
     if !sizes.contains(&size) {
-        return Err(invalid("size", &format!("Invalid size {size} for {model}")));
+        return Err(invalid_error(
+            "size",
+            &format!("Invalid size {size} for {model}"),
+        ));
     }
     if let Some(q) = &req.quality
         && !qualities.contains(&q.as_str())
     {
-        return Err(invalid(
+        return Err(invalid_error(
             "quality",
             &format!("Invalid quality {q} for {model}"),
         ));
     }
     if req.style.is_some() && model != "dall-e-3" {
-        return Err(invalid("style", "style is only supported for dall-e-3"));
+        return Err(invalid_error(
+            "style",
+            "style is only supported for dall-e-3",
+        ));
     }
     let gpt = model == "gpt-image-1";
     if req.response_format.is_some() && gpt {
-        return Err(invalid(
+        return Err(invalid_error(
             "response_format",
             "response_format is not supported for gpt-image-1",
         ));
@@ -286,7 +317,7 @@ fn validate_images(req: &ImagesBody) -> Result<(u32, u32), Response> {
             || req.output_format.is_some()
             || req.output_compression.is_some())
     {
-        return Err(invalid(
+        return Err(invalid_error(
             "output_format",
             "output options are only supported for gpt-image-1",
         ));
@@ -304,8 +335,8 @@ pub(crate) async fn images(
     body: Bytes,
 ) -> Response {
     state.count(Endpoint::Images);
-    if let Err(resp) = authorize(&state, &headers) {
-        return resp;
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
     }
     let fault = state.next_fault(Endpoint::Images);
     if let Some(resp) = apply_fault(&fault).await {
@@ -317,7 +348,7 @@ pub(crate) async fn images(
     };
     let (width, height) = match validate_images(&req) {
         Ok(size) => size,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let _ = &req.user;
     tokio::time::sleep(state.config.image_latency).await;

@@ -1,7 +1,8 @@
 //! Charges, refunds, idempotency and the ledger.
 
-use integration_tests::TestApp;
+use integration_tests::{TestApp, test_config};
 use media_cache::ports::AccountStore;
+use mediactl::ServeConfig;
 use provider_sim::{Endpoint, FaultKind, FaultRule};
 use serde_json::json;
 
@@ -98,11 +99,16 @@ async fn rate_limits_are_retried_and_outlasting_ones_answer_503_with_retry_after
 
 #[tokio::test]
 async fn provider_timeouts_are_504_and_refunded() {
-    let app = TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        provider_timeout: std::time::Duration::from_millis(300),
+        ..test_config(&dir)
+    };
+    let app = TestApp::start_with(dir, config).await;
     let user = app.user(100).await;
     app.inject(fault(
         Endpoint::Speech,
-        FaultKind::Timeout { delay_ms: 2_000 },
+        FaultKind::Timeout { delay_ms: 1_500 },
         3,
     ));
     let answer = app.post(TTS, &user, &json!({"text": "slow"})).await;

@@ -8,6 +8,9 @@ use serde_json::json;
 const TTS: &str = "/api/v1/media/tts";
 const IMAGE: &str = "/api/v1/media/image";
 
+/// A named bad request: route, API key, body, expected status, words the message must contain.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
     let app = TestApp::start().await;
@@ -15,7 +18,7 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
     let key = Some(user.api_key.as_str());
     let long_text = json!({"text": "a".repeat(4097)}).to_string();
     let huge = json!({"text": "a".repeat(300 * 1024)}).to_string();
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed JSON", TTS, key, "{\"text\": ".into(), 400, "EOF"),
         (
             "not an object",

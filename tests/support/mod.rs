@@ -51,13 +51,13 @@ impl Answer {
     }
 }
 
-/// The config tests run with: quick provider retries and timeouts.
+/// The config tests run with: quick provider retries, a timeout generous for a loaded machine.
 pub fn test_config(dir: &TempDir) -> ServeConfig {
     ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         dev_credits: 0,
-        provider_timeout: Duration::from_millis(700),
+        provider_timeout: Duration::from_secs(10),
         provider_retries: 2,
         provider_backoff: Duration::from_millis(5),
         ..ServeConfig::default()

@@ -135,31 +135,30 @@ impl SqliteStore {
 }
 
 fn read_entry(conn: &Connection, pk: &str) -> rusqlite::Result<Option<CacheEntry>> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT status, result_keys, content_type, provider, model, credits_used, created_at,
                 hit_count, ttl, request_params
          FROM cache_entries WHERE pk = ?1",
-        [pk],
-        |row| {
-            let status: String = row.get(0)?;
-            let keys: String = row.get(1)?;
-            let created_at: String = row.get(6)?;
-            let corrupt = || rusqlite::Error::InvalidQuery;
-            Ok(CacheEntry {
-                cache_key: CacheKey::parse(pk).ok_or_else(corrupt)?,
-                status: EntryStatus::parse(&status).ok_or_else(corrupt)?,
-                result_keys: serde_json::from_str(&keys).map_err(|_| corrupt())?,
-                content_type: row.get(2)?,
-                provider: row.get(3)?,
-                model: row.get(4)?,
-                credits_used: row.get::<_, i64>(5)? as u64,
-                created_at: parse_iso(&created_at)?,
-                hit_count: row.get::<_, i64>(7)? as u64,
-                expires_at: from_epoch(row.get(8)?),
-                request_params: row.get(9)?,
-            })
-        },
-    )
+    )?
+    .query_row([pk], |row| {
+        let status: String = row.get(0)?;
+        let keys: String = row.get(1)?;
+        let created_at: String = row.get(6)?;
+        let corrupt = || rusqlite::Error::InvalidQuery;
+        Ok(CacheEntry {
+            cache_key: CacheKey::parse(pk).ok_or_else(corrupt)?,
+            status: EntryStatus::parse(&status).ok_or_else(corrupt)?,
+            result_keys: serde_json::from_str(&keys).map_err(|_| corrupt())?,
+            content_type: row.get(2)?,
+            provider: row.get(3)?,
+            model: row.get(4)?,
+            credits_used: row.get::<_, i64>(5)? as u64,
+            created_at: parse_iso(&created_at)?,
+            hit_count: row.get::<_, i64>(7)? as u64,
+            expires_at: from_epoch(row.get(8)?),
+            request_params: row.get(9)?,
+        })
+    })
     .optional()
 }
 
@@ -174,11 +173,8 @@ impl LookupStore for SqliteStore {
         let pk = cache_key.map(ToString::to_string);
         self.run(move |conn| {
             let user_id = conn
-                .query_row(
-                    "SELECT user_id FROM api_keys WHERE digest = ?1",
-                    [&digest],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT user_id FROM api_keys WHERE digest = ?1")
+                .and_then(|mut stmt| stmt.query_row([&digest], |r| r.get(0)))
                 .optional()
                 .map_err(db_err)?;
             let entry = match pk {
@@ -206,33 +202,32 @@ fn insert_ledger(
 ) -> rusqlite::Result<usize> {
     let at = iso(at);
     let sk = format!("LEDGER#{at}#{request_id}#{}", reason.as_str());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO ledger (user_id, sk, at, request_id, amount, reason, cache_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            user_id,
-            sk,
-            at,
-            request_id,
-            amount,
-            reason.as_str(),
-            cache_key
-        ],
-    )
+    )?
+    .execute(params![
+        user_id,
+        sk,
+        at,
+        request_id,
+        amount,
+        reason.as_str(),
+        cache_key
+    ])
 }
 
 /// Debits `amount` unless it takes the balance below zero; returns the new balance.
 fn debit(tx: &rusqlite::Transaction<'_>, user_id: &str, amount: u64) -> Result<u64, ChargeError> {
     let amount = amount as i64;
     let updated: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "UPDATE users SET credits_remaining = credits_remaining - ?2,
                               credits_used = credits_used + ?2
              WHERE id = ?1 AND credits_remaining >= ?2
              RETURNING credits_remaining",
-            params![user_id, amount],
-            |r| r.get(0),
         )
+        .and_then(|mut stmt| stmt.query_row(params![user_id, amount], |r| r.get(0)))
         .optional()
         .map_err(db_err)?;
     if let Some(balance) = updated {
@@ -280,10 +275,10 @@ impl CreditStore for SqliteStore {
                 return Err(StoreError(format!("request {} already charged", c.request_id)).into());
             }
             if c.count_hit {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE cache_entries SET hit_count = hit_count + 1 WHERE pk = ?1",
-                    [&key],
                 )
+                .and_then(|mut stmt| stmt.execute([&key]))
                 .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)?;

@@ -1,0 +1,61 @@
+//! Contract suites that every adapter of a port must pass. `store_contract!` and
+//! `object_contract!` stamp out one test per case for a given adapter factory.
+
+#![allow(dead_code)]
+
+pub mod objects;
+pub mod store;
+
+/// Declares the store contract tests for an adapter: `store_contract!(factory_expr)` where the
+/// expression is an async block evaluating to a `contract::store::StoreHarness`.
+#[macro_export]
+macro_rules! store_contract {
+    ($factory:expr) => {
+        $crate::store_contract!(@cases $factory;
+            lookup_of_an_unknown_key_finds_nothing,
+            an_api_key_resolves_to_its_user,
+            a_cache_entry_round_trips,
+            put_entry_replaces_the_previous_entry,
+            a_charge_moves_credits_with_its_ledger_line,
+            a_charge_beyond_the_balance_changes_nothing,
+            a_charge_to_an_unknown_user_fails,
+            a_hit_charge_counts_the_hit,
+            a_refund_happens_at_most_once,
+            grants_add_credits_with_a_ledger_line,
+            idempotency_claims_follow_their_lifecycle,
+            concurrent_charges_never_overdraw,
+            the_ledger_lists_newest_first,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::store::$case(harness.store).await;
+            }
+        )+
+    };
+}
+
+/// Declares the object store contract tests: the expression is an async block evaluating to a
+/// `contract::objects::Harness`.
+#[macro_export]
+macro_rules! object_contract {
+    ($factory:expr) => {
+        $crate::object_contract!(@cases $factory;
+            a_stored_object_downloads_through_its_presigned_url,
+            putting_the_same_key_twice_keeps_one_object,
+            a_url_for_one_key_does_not_serve_another,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::objects::$case(harness).await;
+            }
+        )+
+    };
+}

@@ -1,0 +1,356 @@
+//! The store contract.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use media_cache::domain::{
+    CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE, IDEMPOTENCY_TTL,
+    IdempotencyClaim, LedgerReason, MediaType, Refund, api_key_digest,
+};
+use media_cache::ports::{ChargeError, Store};
+use media_cache::service::accounts::{create_user, generate_request_id};
+use serde_json::json;
+use std::sync::Arc;
+
+/// A store and whatever keeps it alive (a temporary directory, a table).
+pub struct StoreHarness {
+    /// The adapter under test.
+    pub store: Arc<dyn Store>,
+    /// Dropped after the test.
+    pub _guard: Box<dyn std::any::Any + Send>,
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
+}
+
+fn key(n: u32) -> CacheKey {
+    CacheKey::of(
+        MediaType::Tts,
+        &json!({"n": n, "nonce": generate_request_id()}),
+    )
+}
+
+fn entry(cache_key: &CacheKey) -> CacheEntry {
+    CacheEntry {
+        cache_key: cache_key.clone(),
+        status: EntryStatus::Ready,
+        result_keys: vec!["tts/abc.mp3".into(), "tts/def.mp3".into()],
+        content_type: "audio/mpeg".into(),
+        provider: "openai".into(),
+        model: "tts-1".into(),
+        credits_used: 4,
+        created_at: t0() + Duration::microseconds(123_456),
+        hit_count: 0,
+        expires_at: t0() + Duration::days(7),
+        request_params: r#"{"text":"hi"}"#.into(),
+    }
+}
+
+fn charge(user: &str, amount: u64, cache_key: &CacheKey) -> Charge {
+    Charge {
+        user_id: user.into(),
+        amount,
+        reason: LedgerReason::Miss,
+        request_id: generate_request_id(),
+        cache_key: cache_key.clone(),
+        count_hit: false,
+        at: t0(),
+    }
+}
+
+async fn balance(store: &dyn Store, user: &str) -> u64 {
+    store
+        .account(user)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits_remaining
+}
+
+pub async fn lookup_of_an_unknown_key_finds_nothing(store: Arc<dyn Store>) {
+    let found = store
+        .lookup(&api_key_digest("nope"), Some(&key(1)))
+        .await
+        .unwrap();
+    assert!(found.user_id.is_none());
+    assert!(found.entry.is_none());
+}
+
+pub async fn an_api_key_resolves_to_its_user(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 5, t0()).await.unwrap();
+    let found = store
+        .lookup(&api_key_digest(&user.api_key), None)
+        .await
+        .unwrap();
+    assert_eq!(found.user_id.as_deref(), Some(user.user_id.as_str()));
+    let other = store
+        .lookup(&api_key_digest("mc_other"), None)
+        .await
+        .unwrap();
+    assert!(other.user_id.is_none());
+}
+
+pub async fn a_cache_entry_round_trips(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 5, t0()).await.unwrap();
+    let k = key(2);
+    let e = entry(&k);
+    store.put_entry(&e).await.unwrap();
+    let found = store
+        .lookup(&api_key_digest(&user.api_key), Some(&k))
+        .await
+        .unwrap();
+    assert_eq!(
+        found.user_id.as_deref(),
+        Some(user.user_id.as_str()),
+        "one read, both records"
+    );
+    assert_eq!(found.entry, Some(e));
+}
+
+pub async fn put_entry_replaces_the_previous_entry(store: Arc<dyn Store>) {
+    let k = key(3);
+    store.put_entry(&entry(&k)).await.unwrap();
+    let newer = CacheEntry {
+        result_keys: vec!["tts/new.mp3".into()],
+        created_at: t0() + Duration::days(1),
+        expires_at: t0() + Duration::days(8),
+        ..entry(&k)
+    };
+    store.put_entry(&newer).await.unwrap();
+    let found = store.lookup("-", Some(&k)).await.unwrap().entry.unwrap();
+    assert_eq!(found.result_keys, vec!["tts/new.mp3".to_string()]);
+    assert_eq!(found.expires_at, newer.expires_at);
+}
+
+pub async fn a_charge_moves_credits_with_its_ledger_line(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let k = key(4);
+    let c = charge(&user.user_id, 4, &k);
+    assert_eq!(store.charge(&c).await.unwrap(), 6);
+    let account = store.account(&user.user_id).await.unwrap().unwrap();
+    assert_eq!((account.credits_remaining, account.credits_used), (6, 4));
+    let ledger = store.ledger(&user.user_id, 10).await.unwrap();
+    let line = ledger
+        .iter()
+        .find(|l| l.reason == LedgerReason::Miss)
+        .unwrap();
+    assert_eq!(line.amount, -4);
+    assert_eq!(line.request_id, c.request_id);
+    assert_eq!(line.cache_key.as_deref(), Some(k.to_string().as_str()));
+    assert_eq!(ledger.iter().map(|l| l.amount).sum::<i64>(), 6);
+}
+
+pub async fn a_charge_beyond_the_balance_changes_nothing(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 3, t0()).await.unwrap();
+    let result = store.charge(&charge(&user.user_id, 4, &key(5))).await;
+    match result {
+        Err(ChargeError::InsufficientCredits { required, .. }) => assert_eq!(required, 4),
+        other => panic!("expected insufficient credits, got {other:?}"),
+    }
+    assert_eq!(balance(store.as_ref(), &user.user_id).await, 3);
+    assert_eq!(
+        store.ledger(&user.user_id, 10).await.unwrap().len(),
+        1,
+        "only the grant"
+    );
+    // Exactly the balance is fine, and leaves zero.
+    assert_eq!(
+        store
+            .charge(&charge(&user.user_id, 3, &key(5)))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+pub async fn a_charge_to_an_unknown_user_fails(store: Arc<dyn Store>) {
+    let result = store.charge(&charge("usr_missing", 1, &key(6))).await;
+    assert!(
+        matches!(result, Err(ChargeError::UnknownUser)),
+        "{result:?}"
+    );
+}
+
+pub async fn a_hit_charge_counts_the_hit(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let k = key(7);
+    store.put_entry(&entry(&k)).await.unwrap();
+    for _ in 0..2 {
+        let hit = Charge {
+            reason: LedgerReason::Hit,
+            count_hit: true,
+            ..charge(&user.user_id, 1, &k)
+        };
+        store.charge(&hit).await.unwrap();
+    }
+    let found = store.lookup("-", Some(&k)).await.unwrap().entry.unwrap();
+    assert_eq!(found.hit_count, 2);
+    assert_eq!(balance(store.as_ref(), &user.user_id).await, 8);
+}
+
+pub async fn a_refund_happens_at_most_once(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let k = key(8);
+    let c = charge(&user.user_id, 4, &k);
+    store.charge(&c).await.unwrap();
+    let refund = Refund {
+        user_id: user.user_id.clone(),
+        amount: 4,
+        request_id: c.request_id.clone(),
+        cache_key: k.clone(),
+        at: t0() + Duration::seconds(1),
+    };
+    assert_eq!(store.refund(&refund).await.unwrap(), Some(10));
+    let again = Refund {
+        at: t0() + Duration::seconds(2),
+        ..refund
+    };
+    assert_eq!(
+        store.refund(&again).await.unwrap(),
+        None,
+        "second refund ignored"
+    );
+    let account = store.account(&user.user_id).await.unwrap().unwrap();
+    assert_eq!((account.credits_remaining, account.credits_used), (10, 0));
+    let ledger = store.ledger(&user.user_id, 10).await.unwrap();
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|l| l.reason == LedgerReason::Refund)
+            .count(),
+        1
+    );
+    assert_eq!(ledger.iter().map(|l| l.amount).sum::<i64>(), 10);
+}
+
+pub async fn grants_add_credits_with_a_ledger_line(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 0, t0()).await.unwrap();
+    assert_eq!(store.ledger(&user.user_id, 10).await.unwrap().len(), 0);
+    let balance = store
+        .grant(&user.user_id, 25, &generate_request_id(), t0())
+        .await
+        .unwrap();
+    assert_eq!(balance, 25);
+    let ledger = store.ledger(&user.user_id, 10).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(
+        (ledger[0].reason, ledger[0].amount),
+        (LedgerReason::Grant, 25)
+    );
+    let unknown = store
+        .grant("usr_missing", 5, &generate_request_id(), t0())
+        .await;
+    assert!(
+        matches!(unknown, Err(ChargeError::UnknownUser)),
+        "{unknown:?}"
+    );
+}
+
+pub async fn idempotency_claims_follow_their_lifecycle(store: Arc<dyn Store>) {
+    let claim = IdempotencyClaim {
+        user_id: "usr_idem".into(),
+        key: format!("k-{}", generate_request_id()),
+        fingerprint: "fp-1".into(),
+        at: t0(),
+    };
+    assert_eq!(store.claim(&claim).await.unwrap(), ClaimOutcome::Claimed);
+    assert_eq!(store.claim(&claim).await.unwrap(), ClaimOutcome::InProgress);
+    let other = IdempotencyClaim {
+        fingerprint: "fp-2".into(),
+        ..claim.clone()
+    };
+    assert_eq!(store.claim(&other).await.unwrap(), ClaimOutcome::Conflict);
+
+    // A crashed first attempt does not hold the key forever.
+    let later = IdempotencyClaim {
+        at: t0() + IDEMPOTENCY_LEASE + Duration::seconds(1),
+        ..claim.clone()
+    };
+    assert_eq!(store.claim(&later).await.unwrap(), ClaimOutcome::Claimed);
+
+    store
+        .complete(&claim.user_id, &claim.key, "{\"answer\":1}", later.at)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&later).await.unwrap(),
+        ClaimOutcome::Replay("{\"answer\":1}".into())
+    );
+    store.release(&claim.user_id, &claim.key).await.unwrap();
+    assert!(
+        matches!(store.claim(&later).await.unwrap(), ClaimOutcome::Replay(_)),
+        "release only lets go of unfinished claims"
+    );
+    let expired = IdempotencyClaim {
+        at: later.at + IDEMPOTENCY_TTL + Duration::seconds(1),
+        fingerprint: "fp-3".into(),
+        ..claim.clone()
+    };
+    assert_eq!(
+        store.claim(&expired).await.unwrap(),
+        ClaimOutcome::Claimed,
+        "expired records are gone"
+    );
+
+    let released = IdempotencyClaim {
+        key: format!("k-{}", generate_request_id()),
+        ..claim
+    };
+    assert_eq!(store.claim(&released).await.unwrap(), ClaimOutcome::Claimed);
+    store
+        .release(&released.user_id, &released.key)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&released).await.unwrap(),
+        ClaimOutcome::Claimed,
+        "released after a failure"
+    );
+}
+
+pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 50, t0()).await.unwrap();
+    let k = key(9);
+    let tasks: Vec<_> = (0..60)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let c = charge(&user.user_id, 1, &k);
+            tokio::spawn(async move { store.charge(&c).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ChargeError::InsufficientCredits { .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (50, 10));
+    assert_eq!(balance(store.as_ref(), &user.user_id).await, 0);
+    let ledger = store.ledger(&user.user_id, 1000).await.unwrap();
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|l| l.reason == LedgerReason::Miss)
+            .count(),
+        50
+    );
+    assert_eq!(ledger.iter().map(|l| l.amount).sum::<i64>(), 0);
+}
+
+pub async fn the_ledger_lists_newest_first(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let k = key(10);
+    for i in 1..=3 {
+        let c = Charge {
+            at: t0() + Duration::minutes(i),
+            ..charge(&user.user_id, i as u64, &k)
+        };
+        store.charge(&c).await.unwrap();
+    }
+    let ledger = store.ledger(&user.user_id, 2).await.unwrap();
+    assert_eq!(
+        ledger.iter().map(|l| l.amount).collect::<Vec<_>>(),
+        vec![-3, -2]
+    );
+}

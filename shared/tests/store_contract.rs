@@ -1,0 +1,44 @@
+//! The store and object storage contracts on the embedded adapters (SQLite, local files).
+
+mod contract;
+
+mod sqlite {
+    use super::contract::store::StoreHarness;
+    use media_cache::adapters::sqlite::SqliteStore;
+    use std::sync::Arc;
+
+    async fn store() -> StoreHarness {
+        // A file, not memory: the same WAL and locking path `mediactl serve` uses.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("contract.db")).unwrap();
+        StoreHarness {
+            store: Arc::new(store),
+            _guard: Box::new(dir),
+        }
+    }
+
+    crate::store_contract!(store());
+}
+
+mod filesystem {
+    use super::contract::objects::Harness;
+    use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
+    use media_cache::clock::SystemClock;
+    use media_cache::http::objects::objects_router;
+    use std::sync::Arc;
+
+    async fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let store = FsObjectStore::new(dir.path(), &base, UrlSigner::new(vec![7u8; 32]));
+        let app = objects_router(store.clone(), Arc::new(SystemClock));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        Harness {
+            store: Arc::new(store),
+            _guard: Box::new((dir, server)),
+        }
+    }
+
+    crate::object_contract!(harness());
+}
