@@ -6,13 +6,13 @@ use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::sqlite::SqliteStore;
 use media_cache::clock::SystemClock;
-use media_cache::domain::{PriceTable, TtsRequest};
+use media_cache::domain::{NormalizedMedia, PriceTable, TtsRequest};
 use media_cache::service::accounts::{create_user, generate_request_id};
-use media_cache::service::{CacheOutcome, CallContext, MediaService};
+use media_cache::service::{CacheOutcome, CallContext, MediaRequest, MediaService};
 use std::hint::black_box;
 use std::sync::Arc;
 
-fn request() -> TtsRequest {
+fn tts_request() -> TtsRequest {
     TtsRequest {
         text: Some("  The quick brown fox jumps over the lazy dog.  ".into()),
         voice: Some("Nova".into()),
@@ -21,9 +21,13 @@ fn request() -> TtsRequest {
     }
 }
 
+fn request() -> MediaRequest {
+    MediaRequest::Tts(tts_request())
+}
+
 fn bench(c: &mut Criterion) {
     c.bench_function("normalise_and_key/tts", |b| {
-        let req = request();
+        let req = tts_request();
         b.iter(|| black_box(black_box(&req).normalize().unwrap().cache_key()))
     });
 
@@ -60,13 +64,13 @@ fn bench(c: &mut Criterion) {
     };
     // Prime the cache with one miss.
     let first = rt
-        .block_on(service.speech(&call(&api_key), &request()))
+        .block_on(service.generate(&call(&api_key), &request()))
         .unwrap();
     assert_eq!(first.outcome, CacheOutcome::Miss);
 
     c.bench_function("hit_path/sqlite", |b| {
         b.to_async(&rt).iter(|| async {
-            let generation = service.speech(&call(&api_key), &request()).await.unwrap();
+            let generation = service.generate(&call(&api_key), &request()).await.unwrap();
             assert_eq!(generation.outcome, CacheOutcome::Hit);
             black_box(generation)
         })

@@ -1,6 +1,6 @@
 //! Property tests of normalisation and cache keys.
 
-use media_cache::domain::{ImageRequest, TtsRequest};
+use media_cache::domain::{ImageRequest, NormalizedMedia, TtsRequest};
 use proptest::prelude::*;
 
 const VOICES: &[&str] = &["alloy", "echo", "nova", "shimmer", "onyx"];

@@ -2,7 +2,7 @@
 //! retries and error classification.
 
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
-use media_cache::domain::{ImageRequest, TtsRequest};
+use media_cache::domain::{ImageRequest, NormalizedMedia, TtsRequest};
 use media_cache::ports::{ImageProvider, ProviderError, SpeechProvider};
 use provider_sim::{Endpoint, FaultKind, FaultRule, SimConfig, SimHandle};
 use std::time::Duration;

@@ -2,7 +2,9 @@
 //! bounded retries on 408/409/429/5xx and connection failures honouring `retry-after-ms` and
 //! `retry-after`, and every failure classified for the caller.
 
-use crate::domain::{GeneratedMedia, NormalizedImageRequest, NormalizedTtsRequest};
+use crate::domain::{
+    GeneratedMedia, NormalizedImageRequest, NormalizedMedia, NormalizedTtsRequest,
+};
 use crate::ports::{ImageProvider, ProviderError, SpeechProvider};
 use async_trait::async_trait;
 use base64::Engine;

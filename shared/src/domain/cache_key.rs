@@ -43,6 +43,24 @@ impl fmt::Display for MediaType {
     }
 }
 
+/// A validated request with every default filled in: equal requests are equal values, and their
+/// canonical JSON is what the cache key hashes.
+pub trait NormalizedMedia: Serialize + Sized {
+    /// The media type.
+    const MEDIA_TYPE: MediaType;
+
+    /// The cache key of this request.
+    fn cache_key(&self) -> CacheKey {
+        CacheKey::of(Self::MEDIA_TYPE, self)
+    }
+
+    /// The MIME type of the media this request produces.
+    fn content_type(&self) -> &'static str;
+
+    /// The canonical model name.
+    fn model(&self) -> &str;
+}
+
 /// The identity of one generated result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {

@@ -1,7 +1,7 @@
 //! Image requests: the client's body, validation against OpenAI's per-model limits, and the
 //! normalised form that is hashed and sent to the provider.
 
-use super::cache_key::{CacheKey, MediaType};
+use super::cache_key::{MediaType, NormalizedMedia};
 use super::error::{ValidationError, one_of};
 use super::text::{normalize_text, normalize_token};
 use serde::{Deserialize, Serialize};
@@ -197,19 +197,20 @@ fn only_for(
     }
 }
 
-impl NormalizedImageRequest {
-    /// The cache key of this request.
-    pub fn cache_key(&self) -> CacheKey {
-        CacheKey::of(MediaType::Image, self)
-    }
+impl NormalizedMedia for NormalizedImageRequest {
+    const MEDIA_TYPE: MediaType = MediaType::Image;
 
     /// The MIME type of the images this request produces.
-    pub fn content_type(&self) -> &'static str {
+    fn content_type(&self) -> &'static str {
         match self.output_format.as_deref() {
             Some("jpeg") => "image/jpeg",
             Some("webp") => "image/webp",
             _ => "image/png",
         }
+    }
+
+    fn model(&self) -> &str {
+        &self.model
     }
 }
 

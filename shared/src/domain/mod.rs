@@ -10,7 +10,7 @@ pub mod records;
 pub mod text;
 pub mod tts;
 
-pub use cache_key::{CacheKey, MediaType};
+pub use cache_key::{CacheKey, MediaType, NormalizedMedia};
 pub use error::ValidationError;
 pub use image::{ImageRequest, NormalizedImageRequest};
 pub use media::GeneratedMedia;

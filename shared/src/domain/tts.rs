@@ -1,7 +1,7 @@
 //! Text-to-speech requests: the client's body, its validation against OpenAI's limits, and the
 //! normalised form that is hashed and sent to the provider.
 
-use super::cache_key::{CacheKey, MediaType};
+use super::cache_key::{MediaType, NormalizedMedia};
 use super::error::{ValidationError, one_of};
 use super::text::{normalize_text, normalize_token};
 use serde::{Deserialize, Serialize};
@@ -123,14 +123,11 @@ impl TtsRequest {
     }
 }
 
-impl NormalizedTtsRequest {
-    /// The cache key of this request.
-    pub fn cache_key(&self) -> CacheKey {
-        CacheKey::of(MediaType::Tts, self)
-    }
+impl NormalizedMedia for NormalizedTtsRequest {
+    const MEDIA_TYPE: MediaType = MediaType::Tts;
 
     /// The MIME type of the audio this request produces.
-    pub fn content_type(&self) -> &'static str {
+    fn content_type(&self) -> &'static str {
         match self.format.as_str() {
             "opus" => "audio/ogg",
             "aac" => "audio/aac",
@@ -139,6 +136,10 @@ impl NormalizedTtsRequest {
             "pcm" => "audio/pcm",
             _ => "audio/mpeg",
         }
+    }
+
+    fn model(&self) -> &str {
+        &self.model
     }
 }
 

@@ -8,7 +8,9 @@ pub mod objects;
 pub use error::{ApiError, HttpError};
 
 use crate::service::accounts::generate_request_id;
-use crate::service::{CacheControl, CallContext, Generation, MediaService, ServiceError};
+use crate::service::{
+    CacheControl, CallContext, Generation, MediaRequest, MediaService, ServiceError,
+};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -65,14 +67,7 @@ async fn tts(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let call = call_context(&headers)?;
-    let req = parse_body(&call.request_id, body)?;
-    let generation = state
-        .service
-        .speech(&call, &req)
-        .await
-        .map_err(|e| ApiError::new(&call.request_id, e))?;
-    answer(&state, &call, generation).await
+    generate(&state, &headers, body, MediaRequest::Tts).await
 }
 
 async fn image(
@@ -80,14 +75,24 @@ async fn image(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let call = call_context(&headers)?;
-    let req = parse_body(&call.request_id, body)?;
+    generate(&state, &headers, body, MediaRequest::Image).await
+}
+
+/// Parses the body as `R`, runs the request through the service, renders the answer.
+async fn generate<R: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    wrap: fn(R) -> MediaRequest,
+) -> Result<Response, ApiError> {
+    let call = call_context(headers)?;
+    let req = wrap(parse_body(&call.request_id, body)?);
     let generation = state
         .service
-        .image(&call, &req)
+        .generate(&call, &req)
         .await
         .map_err(|e| ApiError::new(&call.request_id, e))?;
-    answer(&state, &call, generation).await
+    answer(state, &call, generation).await
 }
 
 async fn credits(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -11,8 +11,8 @@ use crate::domain::cache_key::canonical_json;
 use crate::domain::media::extension_for;
 use crate::domain::{
     CACHE_TTL, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, GeneratedMedia,
-    IdempotencyClaim, ImageRequest, LedgerReason, MediaType, PriceTable, Refund, TtsRequest,
-    api_key_digest,
+    IdempotencyClaim, ImageRequest, LedgerReason, MediaType, NormalizedMedia, PriceTable, Refund,
+    TtsRequest, api_key_digest,
 };
 use crate::ports::{ImageProvider, ObjectStore, ProviderError, SpeechProvider, Store};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -102,6 +102,15 @@ pub struct Generation {
 /// The user of an API key, with their balance and latest ledger lines.
 pub use accounts::Statement;
 
+/// A request of any synchronous media type, as the client sent it.
+#[derive(Debug, Clone)]
+pub enum MediaRequest {
+    /// Text to speech.
+    Tts(TtsRequest),
+    /// Image generation.
+    Image(ImageRequest),
+}
+
 /// What one media type contributes to the shared flow.
 struct MediaJob {
     cache_key: CacheKey,
@@ -110,6 +119,19 @@ struct MediaJob {
     content_type: &'static str,
     provider: String,
     model: String,
+}
+
+impl MediaJob {
+    fn of<N: NormalizedMedia>(norm: &N, price: u64, provider: &str) -> Self {
+        Self {
+            cache_key: norm.cache_key(),
+            price,
+            params: canonical_json(norm),
+            content_type: norm.content_type(),
+            provider: provider.to_owned(),
+            model: norm.model().to_owned(),
+        }
+    }
 }
 
 /// The media cache application.
@@ -152,43 +174,28 @@ impl MediaService {
         self.clock.as_ref()
     }
 
-    /// Speech: served from the cache or generated.
-    pub async fn speech(
+    /// A speech or image request: served from the cache or generated.
+    pub async fn generate(
         &self,
         call: &CallContext,
-        req: &TtsRequest,
+        req: &MediaRequest,
     ) -> Result<Generation, ServiceError> {
-        let norm = req.normalize()?;
-        let job = MediaJob {
-            cache_key: norm.cache_key(),
-            price: self.pricing.tts(&norm),
-            params: canonical_json(&norm),
-            content_type: norm.content_type(),
-            provider: self.speech.name().to_owned(),
-            model: norm.model.clone(),
-        };
-        self.serve(call, job, || async {
-            self.speech.synthesize(&norm).await.map(|m| vec![m])
-        })
-        .await
-    }
-
-    /// Images: served from the cache or generated.
-    pub async fn image(
-        &self,
-        call: &CallContext,
-        req: &ImageRequest,
-    ) -> Result<Generation, ServiceError> {
-        let norm = req.normalize()?;
-        let job = MediaJob {
-            cache_key: norm.cache_key(),
-            price: self.pricing.image(&norm).ok_or(ServiceError::Unpriced)?,
-            params: canonical_json(&norm),
-            content_type: norm.content_type(),
-            provider: self.images.name().to_owned(),
-            model: norm.model.clone(),
-        };
-        self.serve(call, job, || self.images.generate(&norm)).await
+        match req {
+            MediaRequest::Tts(req) => {
+                let norm = req.normalize()?;
+                let job = MediaJob::of(&norm, self.pricing.tts(&norm), self.speech.name());
+                self.serve(call, job, || async {
+                    self.speech.synthesize(&norm).await.map(|m| vec![m])
+                })
+                .await
+            }
+            MediaRequest::Image(req) => {
+                let norm = req.normalize()?;
+                let price = self.pricing.image(&norm).ok_or(ServiceError::Unpriced)?;
+                let job = MediaJob::of(&norm, price, self.images.name());
+                self.serve(call, job, || self.images.generate(&norm)).await
+            }
+        }
     }
 
     /// The caller's balance and latest ledger lines.
