@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 use media_cache::clock::{Clock, SystemClock};
 use media_cache::ports::AccountStore;
-use media_cache::service::accounts::{add_key, create_user, generate_request_id, statement};
+use media_cache::service::accounts::{
+    add_key, create_user, create_user_with_key, generate_request_id, statement,
+};
 use mediactl::serve::{ServeConfig, open_store, start};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +88,10 @@ enum UsersCommand {
         /// Starting credits.
         #[arg(long, default_value_t = 100)]
         credits: u64,
+        /// Use this API key instead of a random one (e.g. `mc_sample_events_key`, which the
+        /// files in events/ carry). At least 16 characters.
+        #[arg(long)]
+        api_key: Option<String>,
     },
     /// Print a new API key for an existing user.
     AddKey {
@@ -126,11 +132,16 @@ async fn run(cli: Cli) -> Result<(), String> {
     let clock = SystemClock;
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, args).await,
-        Command::Users(UsersCommand::Create { credits }) => {
+        Command::Users(UsersCommand::Create { credits, api_key }) => {
             let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
-            let user = create_user(&store, credits, clock.now())
-                .await
-                .map_err(|e| e.to_string())?;
+            let created = match api_key {
+                Some(key) if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return Err("--api-key must be at least 16 visible ASCII characters".into());
+                }
+                Some(key) => create_user_with_key(&store, credits, key, clock.now()).await,
+                None => create_user(&store, credits, clock.now()).await,
+            };
+            let user = created.map_err(|e| e.to_string())?;
             println!(
                 "user_id: {}\napi_key: {}\ncredits: {}",
                 user.user_id, user.api_key, user.credits

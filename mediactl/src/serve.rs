@@ -13,7 +13,6 @@ use media_cache::ports::{AccountStore, ChargeError, ProviderError, StoreError};
 use media_cache::service::MediaService;
 use media_cache::service::accounts::{NewUser, create_user};
 use provider_sim::{SimConfig, SimHandle};
-use rand::Rng;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,28 +121,6 @@ pub fn open_store(data_dir: &Path) -> Result<SqliteStore, ServeError> {
     Ok(SqliteStore::open(&data_dir.join("media.db"))?)
 }
 
-/// The URL-signing secret of a data directory, made on first use and readable only by its owner.
-fn signing_secret(data_dir: &Path) -> Result<Vec<u8>, ServeError> {
-    let path = data_dir.join("url-signing.key");
-    match std::fs::read(&path) {
-        Ok(secret) if secret.len() >= 32 => return Ok(secret),
-        Ok(_) => return Err(ServeError::Io(format!("{} is too short", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&path.display().to_string(), e)),
-    }
-    let secret = rand::rng().random::<[u8; 32]>().to_vec();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
-        .map_err(|e| io_err(&path.display().to_string(), e))?;
-    std::io::Write::write_all(&mut file, &secret)
-        .map_err(|e| io_err(&path.display().to_string(), e))?;
-    Ok(secret)
-}
-
 /// Starts the API (and the simulator unless an OpenAI key is set) on `clock`.
 pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
     let store = open_store(&config.data_dir)?;
@@ -186,7 +163,7 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
     let objects = FsObjectStore::new(
         config.data_dir.join("objects"),
         &public_url,
-        UrlSigner::new(signing_secret(&config.data_dir)?),
+        UrlSigner::from_dir(&config.data_dir).map_err(|e| ServeError::Io(e.0))?,
     );
     let service = Arc::new(MediaService::new(
         Arc::new(store.clone()),

@@ -5,6 +5,8 @@ pub mod adapters;
 pub mod clock;
 pub mod domain;
 pub mod http;
+#[cfg(feature = "aws")]
+pub mod lambda;
 pub mod ports;
 pub mod service;
 

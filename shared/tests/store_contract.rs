@@ -41,4 +41,9 @@ mod filesystem {
     }
 
     crate::object_contract!(harness());
+
+    #[tokio::test]
+    async fn a_url_for_one_key_does_not_serve_another() {
+        super::contract::objects::a_url_for_one_key_does_not_serve_another(harness().await).await;
+    }
 }

@@ -23,6 +23,28 @@ impl UrlSigner {
         }
     }
 
+    /// The signer of a data directory: its key file `url-signing.key` (32 random bytes, readable
+    /// only by its owner) is made on first use.
+    pub fn from_dir(data_dir: &Path) -> Result<Self, ObjectError> {
+        let path = data_dir.join("url-signing.key");
+        let io = |e: std::io::Error| ObjectError(format!("{}: {e}", path.display()));
+        match std::fs::read(&path) {
+            Ok(secret) if secret.len() >= 32 => return Ok(Self::new(secret)),
+            Ok(_) => return Err(ObjectError(format!("{} is too short", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let secret = rand::random::<[u8; 32]>().to_vec();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).map_err(io)?;
+        std::io::Write::write_all(&mut file, &secret).map_err(io)?;
+        Ok(Self::new(secret))
+    }
+
     fn mac(&self, key: &str, expires: i64) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)

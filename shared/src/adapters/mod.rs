@@ -1,7 +1,11 @@
 //! Adapters: the ports implemented on real systems.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 #[cfg(feature = "embedded")]
 pub mod fs_objects;
 pub mod openai;
+#[cfg(feature = "aws")]
+pub mod s3_objects;
 #[cfg(feature = "embedded")]
 pub mod sqlite;

@@ -168,6 +168,9 @@ pub struct Charge {
     pub cache_key: CacheKey,
     /// Also add one to this entry's `hit_count`, in the same transaction.
     pub count_hit: bool,
+    /// The balance the caller read before charging, if any: lets a store that cannot return the
+    /// new balance from its write compute it without another read.
+    pub seen_balance: Option<u64>,
     /// When.
     pub at: DateTime<Utc>,
 }

@@ -7,6 +7,7 @@ pub mod objects;
 
 pub use error::{ApiError, HttpError};
 
+use crate::domain::MediaType;
 use crate::service::accounts::generate_request_id;
 use crate::service::{
     CacheControl, CallContext, Generation, MediaRequest, MediaService, ServiceError,
@@ -37,13 +38,30 @@ pub struct AppState {
     pub url_ttl: Duration,
 }
 
-/// The API's routes.
+/// Every route of the API (what `mediactl serve` runs).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    finish(
+        Router::new()
+            .route("/api/v1/media/tts", post(tts))
+            .route("/api/v1/media/image", post(image))
+            .route("/api/v1/credits", get(credits)),
+        state,
+    )
+}
+
+/// The routes one Lambda function serves: its media route and the health check.
+pub fn function_router(state: AppState, media: MediaType) -> Router {
+    let routes = match media {
+        MediaType::Tts => Router::new().route("/api/v1/media/tts", post(tts)),
+        MediaType::Image => Router::new().route("/api/v1/media/image", post(image)),
+    };
+    finish(routes, state)
+}
+
+/// Adds what every router has: health check, JSON 404/405, the body limit.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .route("/healthz", get(healthz))
-        .route("/api/v1/media/tts", post(tts))
-        .route("/api/v1/media/image", post(image))
-        .route("/api/v1/credits", get(credits))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -38,6 +38,8 @@ pub struct Lookup {
     pub user_id: Option<UserId>,
     /// The cache entry, if one is stored (possibly expired: the caller checks).
     pub entry: Option<CacheEntry>,
+    /// The user's balance, when the store could read it in the same round trip.
+    pub balance: Option<u64>,
 }
 
 /// One batch read of an API key record and a cache entry (the first of the hit path's two round

@@ -26,14 +26,24 @@ pub fn generate_request_id() -> String {
     format!("req_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Creates a user with an API key and an initial grant of `credits`.
+/// Creates a user with a new random API key and an initial grant of `credits`.
 pub async fn create_user(
     store: &dyn AccountStore,
     credits: u64,
     now: DateTime<Utc>,
 ) -> Result<NewUser, ChargeError> {
+    create_user_with_key(store, credits, generate_api_key(), now).await
+}
+
+/// Creates a user with the given API key (e.g. the one the sample events carry) and an initial
+/// grant of `credits`.
+pub async fn create_user_with_key(
+    store: &dyn AccountStore,
+    credits: u64,
+    api_key: String,
+    now: DateTime<Utc>,
+) -> Result<NewUser, ChargeError> {
     let user_id = format!("usr_{}", hex::encode(rand::rng().random::<[u8; 8]>()));
-    let api_key = generate_api_key();
     store.create_user(&user_id, now).await?;
     store
         .add_api_key(&api_key_digest(&api_key), &user_id)

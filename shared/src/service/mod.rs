@@ -14,7 +14,7 @@ use crate::domain::{
     IdempotencyClaim, ImageRequest, LedgerReason, MediaType, NormalizedMedia, PriceTable, Refund,
     TtsRequest, api_key_digest,
 };
-use crate::ports::{ImageProvider, ObjectStore, ProviderError, SpeechProvider, Store};
+use crate::ports::{ImageProvider, Lookup, ObjectStore, ProviderError, SpeechProvider, Store};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -236,11 +236,12 @@ impl MediaService {
         let lookup = self.store.lookup(&api_key_digest(api_key), wanted).await?;
         let user_id = lookup
             .user_id
+            .clone()
             .ok_or(ServiceError::Unauthorized("invalid API key"))?;
 
         let Some(idempotency_key) = call.idempotency_key.as_deref() else {
             return self
-                .hit_or_miss(call, &user_id, lookup.entry, job, generate)
+                .hit_or_miss(call, &user_id, lookup, job, generate)
                 .await;
         };
         let claim = IdempotencyClaim {
@@ -261,7 +262,7 @@ impl MediaService {
             ClaimOutcome::InProgress => return Err(ServiceError::IdempotencyInProgress),
         }
         let result = self
-            .hit_or_miss(call, &user_id, lookup.entry, job, generate)
+            .hit_or_miss(call, &user_id, lookup, job, generate)
             .await;
         let saved = match &result {
             Ok(generation) => {
@@ -283,7 +284,7 @@ impl MediaService {
         &self,
         call: &CallContext,
         user_id: &str,
-        entry: Option<CacheEntry>,
+        lookup: Lookup,
         job: MediaJob,
         generate: F,
     ) -> Result<Generation, ServiceError>
@@ -293,7 +294,7 @@ impl MediaService {
     {
         let now = self.clock.now();
         let media_type = job.cache_key.media_type();
-        if let Some(entry) = entry.filter(|e| e.is_servable(now)) {
+        if let Some(entry) = lookup.entry.filter(|e| e.is_servable(now)) {
             let price = self.pricing.hit(job.price);
             let remaining = self
                 .store
@@ -304,6 +305,7 @@ impl MediaService {
                     request_id: call.request_id.clone(),
                     cache_key: job.cache_key.clone(),
                     count_hit: true,
+                    seen_balance: lookup.balance,
                     at: now,
                 })
                 .await?;
@@ -333,6 +335,7 @@ impl MediaService {
                 request_id: call.request_id.clone(),
                 cache_key: job.cache_key.clone(),
                 count_hit: false,
+                seen_balance: lookup.balance,
                 at: now,
             })
             .await?;

@@ -41,7 +41,7 @@ fn entry(cache_key: &CacheKey) -> CacheEntry {
         created_at: t0() + Duration::microseconds(123_456),
         hit_count: 0,
         expires_at: t0() + Duration::days(7),
-        request_params: r#"{"text":"hi"}"#.into(),
+        request_params: r#"{"model":"tts-1","text":"hi"}"#.into(),
     }
 }
 
@@ -53,6 +53,7 @@ fn charge(user: &str, amount: u64, cache_key: &CacheKey) -> Charge {
         request_id: generate_request_id(),
         cache_key: cache_key.clone(),
         count_hit: false,
+        seen_balance: None,
         at: t0(),
     }
 }
@@ -353,4 +354,28 @@ pub async fn the_ledger_lists_newest_first(store: Arc<dyn Store>) {
         ledger.iter().map(|l| l.amount).collect::<Vec<_>>(),
         vec![-3, -2]
     );
+}
+
+pub async fn charges_report_the_true_balance_even_after_a_stale_read(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let digest = api_key_digest(&user.api_key);
+    let k = key(11);
+    let fresh = Charge {
+        seen_balance: Some(10),
+        ..charge(&user.user_id, 2, &k)
+    };
+    assert_eq!(store.charge(&fresh).await.unwrap(), 8);
+    let stale = Charge {
+        seen_balance: Some(10),
+        ..charge(&user.user_id, 3, &k)
+    };
+    assert_eq!(store.charge(&stale).await.unwrap(), 5, "not 10 - 3");
+    // A lookup may report the balance (warm); when it does, it is the real one.
+    for _ in 0..2 {
+        let found = store.lookup(&digest, None).await.unwrap();
+        if let Some(balance) = found.balance {
+            assert_eq!(balance, 5);
+        }
+    }
+    assert_eq!(balance(store.as_ref(), &user.user_id).await, 5);
 }

@@ -1,0 +1,8 @@
+//! The tts Lambda function: the API's tts route behind API Gateway, on DynamoDB and S3.
+
+use media_cache::domain::MediaType;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    media_cache::lambda::run(MediaType::Tts).await
+}

@@ -1,0 +1,800 @@
+//! The store on DynamoDB: one table, `PK`/`SK`, the records of the data model. A charge is one
+//! TransactWriteItems (balance condition, ledger put, hit count); refunds and idempotency records
+//! are conditional writes; a read treats `ttl <= now` as a miss (the service checks expiry).
+
+use crate::domain::{
+    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE,
+    IDEMPOTENCY_TTL, IdempotencyClaim, LedgerLine, LedgerReason, Refund,
+};
+use crate::ports::{
+    AccountStore, CacheStore, ChargeError, CreditStore, IdempotencyStore, Lookup, LookupStore,
+    StoreError,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, Select,
+    TransactWriteItem, Update,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Remembered API key digests (a key never changes owner), so a warm lookup can read the balance
+/// in the same batch. Bounded: cleared when full.
+const KEY_CACHE_LIMIT: usize = 10_000;
+
+/// The DynamoDB store.
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    /// Prefix of durable result locations, e.g. `s3://bucket/`.
+    location_prefix: String,
+    key_owners: Mutex<HashMap<String, String>>,
+}
+
+fn store_err<E: std::error::Error + 'static>(
+    e: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> StoreError {
+    StoreError(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+}
+
+fn build_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("request: {e}"))
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn key(pk: String, sk: &str) -> Item {
+    HashMap::from([("PK".to_owned(), s(pk)), ("SK".to_owned(), s(sk))])
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)?.as_s().ok().map(String::as_str)
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Option<T> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+fn user_pk(user_id: &str) -> String {
+    format!("USER#{user_id}")
+}
+
+fn ledger_item(
+    user_id: &str,
+    at: DateTime<Utc>,
+    request_id: &str,
+    amount: i64,
+    reason: LedgerReason,
+    cache_key: Option<&str>,
+) -> Item {
+    let at = iso(at);
+    let mut item = key(
+        user_pk(user_id),
+        &format!("LEDGER#{at}#{request_id}#{}", reason.as_str()),
+    );
+    item.insert("at".into(), s(&at));
+    item.insert("request_id".into(), s(request_id));
+    item.insert("amount".into(), n(amount));
+    item.insert("reason".into(), s(reason.as_str()));
+    if let Some(cache_key) = cache_key {
+        item.insert("cache_key".into(), s(cache_key));
+    }
+    item
+}
+
+impl DynamoStore {
+    /// A store on `table`; result locations are written as `{location_prefix}{object key}`.
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        location_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            location_prefix: location_prefix.into(),
+            key_owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn known_owner(&self, digest: &str) -> Option<String> {
+        self.key_owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn remember_owner(&self, digest: &str, user_id: Option<&str>) {
+        let mut owners = self.key_owners.lock().unwrap_or_else(|e| e.into_inner());
+        match user_id {
+            Some(user) => {
+                if owners.len() >= KEY_CACHE_LIMIT {
+                    owners.clear();
+                }
+                owners.insert(digest.to_owned(), user.to_owned());
+            }
+            None => {
+                owners.remove(digest);
+            }
+        }
+    }
+
+    fn entry_item(&self, e: &CacheEntry) -> Item {
+        let mut item = key(e.cache_key.to_string(), "RESULT");
+        let locations: Vec<String> = e
+            .result_keys
+            .iter()
+            .map(|k| format!("{}{k}", self.location_prefix))
+            .collect();
+        if let Some(first) = locations.first() {
+            item.insert("result_url".into(), s(first));
+        }
+        if locations.len() > 1 {
+            // Several images: all locations, in order (`result_url` holds the first).
+            item.insert(
+                "result_urls".into(),
+                AttributeValue::L(locations.into_iter().map(s).collect()),
+            );
+        }
+        item.insert("provider".into(), s(&e.provider));
+        item.insert("credits_used".into(), n(e.credits_used));
+        item.insert("created_at".into(), s(iso(e.created_at)));
+        item.insert("hit_count".into(), n(e.hit_count));
+        item.insert("ttl".into(), n(e.expires_at.timestamp()));
+        item.insert("request_params".into(), s(&e.request_params));
+        item.insert("status".into(), s(e.status.as_str()));
+        item.insert("content_type".into(), s(&e.content_type));
+        item
+    }
+
+    /// Reads an entry item; None when it is not of the expected shape (treated as a miss).
+    fn parse_entry(&self, item: &Item) -> Option<CacheEntry> {
+        let locations: Vec<&str> = match item.get("result_urls").and_then(|v| v.as_l().ok()) {
+            Some(list) => list
+                .iter()
+                .filter_map(|v| v.as_s().ok().map(String::as_str))
+                .collect(),
+            None => get_s(item, "result_url").into_iter().collect(),
+        };
+        let result_keys = locations
+            .iter()
+            .map(|l| l.strip_prefix(&self.location_prefix).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?;
+        let request_params = get_s(item, "request_params")?.to_owned();
+        let model = serde_json::from_str::<serde_json::Value>(&request_params)
+            .ok()
+            .and_then(|v| v.get("model")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Some(CacheEntry {
+            cache_key: CacheKey::parse(get_s(item, "PK")?)?,
+            status: EntryStatus::parse(get_s(item, "status")?)?,
+            result_keys,
+            content_type: get_s(item, "content_type")?.to_owned(),
+            provider: get_s(item, "provider")?.to_owned(),
+            model,
+            credits_used: get_n(item, "credits_used")?,
+            created_at: DateTime::parse_from_rfc3339(get_s(item, "created_at")?)
+                .ok()?
+                .with_timezone(&Utc),
+            hit_count: get_n(item, "hit_count").unwrap_or(0),
+            expires_at: DateTime::from_timestamp(get_n(item, "ttl")?, 0)?,
+            request_params,
+        })
+    }
+
+    async fn balance(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(user_pk(user_id), "PROFILE")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(out.item().and_then(|i| get_n(i, "credits_remaining")))
+    }
+
+    /// One charge transaction. `exact` makes the balance condition `= seen` so the new balance is
+    /// known without a read.
+    async fn charge_once(
+        &self,
+        c: &Charge,
+        exact: Option<u64>,
+        count_hit: bool,
+    ) -> Result<(), TransactFailure> {
+        let cache_key = c.cache_key.to_string();
+        let mut debit = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(user_pk(&c.user_id), "PROFILE")))
+            .update_expression(
+                "SET credits_remaining = credits_remaining - :a, credits_used = credits_used + :a",
+            )
+            .expression_attribute_values(":a", n(c.amount))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        debit = match exact {
+            Some(seen) => debit
+                .condition_expression("credits_remaining = :seen AND credits_remaining >= :a")
+                .expression_attribute_values(":seen", n(seen)),
+            None => debit.condition_expression("credits_remaining >= :a"),
+        };
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .update(
+                    debit
+                        .build()
+                        .map_err(|e| TransactFailure::Store(build_err(e)))?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(ledger_item(
+                            &c.user_id,
+                            c.at,
+                            &c.request_id,
+                            -(c.amount as i64),
+                            c.reason,
+                            Some(&cache_key),
+                        )))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(|e| TransactFailure::Store(build_err(e)))?,
+                )
+                .build(),
+        ];
+        if count_hit {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(cache_key, "RESULT")))
+                            .update_expression("ADD hit_count :one")
+                            .condition_expression("attribute_exists(PK)")
+                            .expression_attribute_values(":one", n(1))
+                            .build()
+                            .map_err(|e| TransactFailure::Store(build_err(e)))?,
+                    )
+                    .build(),
+            );
+        }
+        transact(&self.client, items).await
+    }
+}
+
+/// Why a transaction did not commit.
+enum TransactFailure {
+    /// Item `index`'s condition failed; `old` is that item before, when the store returned it.
+    Condition { index: usize, old: Option<Item> },
+    /// Anything else.
+    Store(StoreError),
+}
+
+async fn transact(client: &Client, items: Vec<TransactWriteItem>) -> Result<(), TransactFailure> {
+    match client
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
+                e.as_service_error()
+                && let Some((index, reason)) = cancel
+                    .cancellation_reasons()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+            {
+                return Err(TransactFailure::Condition {
+                    index,
+                    old: reason.item().cloned(),
+                });
+            }
+            Err(TransactFailure::Store(store_err(e)))
+        }
+    }
+}
+
+#[async_trait]
+impl LookupStore for DynamoStore {
+    async fn lookup(
+        &self,
+        api_key_digest: &str,
+        cache_key: Option<&CacheKey>,
+    ) -> Result<Lookup, StoreError> {
+        let known = self.known_owner(api_key_digest);
+        let mut keys = vec![key(format!("APIKEY#{api_key_digest}"), "LOOKUP")];
+        if let Some(cache_key) = cache_key {
+            keys.push(key(cache_key.to_string(), "RESULT"));
+        }
+        if let Some(user) = &known {
+            keys.push(key(user_pk(user), "PROFILE"));
+        }
+        let mut request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(build_err)?;
+        let mut items = Vec::new();
+        // BatchGetItem may return some keys unprocessed under throttling: ask again for those.
+        for _ in 0..5 {
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request.clone())
+                .send()
+                .await
+                .map_err(store_err)?;
+            if let Some(found) = out.responses().and_then(|r| r.get(&self.table)) {
+                items.extend(found.iter().cloned());
+            }
+            match out.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                Some(rest) if !rest.keys().is_empty() => request = rest.clone(),
+                _ => break,
+            }
+        }
+        let find = |pk_prefix: &str, sk: &str| {
+            items.iter().find(|i| {
+                get_s(i, "SK") == Some(sk)
+                    && get_s(i, "PK").is_some_and(|pk| pk.starts_with(pk_prefix))
+            })
+        };
+        let user_id = find("APIKEY#", "LOOKUP")
+            .and_then(|i| get_s(i, "user_id"))
+            .map(str::to_owned);
+        self.remember_owner(api_key_digest, user_id.as_deref());
+        let balance = match (&user_id, &known) {
+            (Some(user), Some(k)) if user == k => {
+                find(&user_pk(user), "PROFILE").and_then(|i| get_n(i, "credits_remaining"))
+            }
+            _ => None,
+        };
+        let entry = find("CACHE#", "RESULT").and_then(|item| {
+            let parsed = self.parse_entry(item);
+            if parsed.is_none() {
+                tracing::warn!(
+                    pk = get_s(item, "PK").unwrap_or_default(),
+                    "unreadable cache entry"
+                );
+            }
+            parsed
+        });
+        Ok(Lookup {
+            user_id,
+            entry,
+            balance,
+        })
+    }
+}
+
+#[async_trait]
+impl CreditStore for DynamoStore {
+    async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
+        let mut count_hit = charge.count_hit;
+        let mut exact = charge.seen_balance.filter(|b| *b >= charge.amount);
+        // At most: exact attempt, entry-gone retry, plain attempt.
+        for _ in 0..3 {
+            match self.charge_once(charge, exact, count_hit).await {
+                Ok(()) => {
+                    return match exact {
+                        Some(seen) => Ok(seen - charge.amount),
+                        // The write cannot return the balance: read it (only off the warm path).
+                        None => Ok(self.balance(&charge.user_id).await?.unwrap_or(0)),
+                    };
+                }
+                Err(TransactFailure::Condition { index: 0, old }) => {
+                    let Some(old) = old else {
+                        // No profile came back: it may not exist, or the store did not say.
+                        match self.balance(&charge.user_id).await? {
+                            None => return Err(ChargeError::UnknownUser),
+                            Some(b) if b < charge.amount => {
+                                return Err(ChargeError::InsufficientCredits {
+                                    available: b,
+                                    required: charge.amount,
+                                });
+                            }
+                            Some(_) => {
+                                exact = None;
+                                continue;
+                            }
+                        }
+                    };
+                    let available = get_n(&old, "credits_remaining").unwrap_or(0);
+                    if available < charge.amount {
+                        return Err(ChargeError::InsufficientCredits {
+                            available,
+                            required: charge.amount,
+                        });
+                    }
+                    // Another request moved the balance since we read it: charge without `= seen`.
+                    exact = None;
+                }
+                Err(TransactFailure::Condition { index: 2, .. }) => {
+                    // The entry vanished between read and charge: still charge, count nothing.
+                    count_hit = false;
+                }
+                Err(TransactFailure::Condition { .. }) => {
+                    return Err(StoreError(format!(
+                        "request {} already charged",
+                        charge.request_id
+                    ))
+                    .into());
+                }
+                Err(TransactFailure::Store(e)) => return Err(e.into()),
+            }
+        }
+        Err(StoreError("charge did not settle after retries".into()).into())
+    }
+
+    async fn refund(&self, r: &Refund) -> Result<Option<u64>, StoreError> {
+        let marker = key(user_pk(&r.user_id), &format!("REFUND#{}", r.request_id));
+        let cache_key = r.cache_key.to_string();
+        let items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(marker))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(ledger_item(&r.user_id, r.at, &r.request_id, r.amount as i64, LedgerReason::Refund, Some(&cache_key))))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(user_pk(&r.user_id), "PROFILE")))
+                        .update_expression("SET credits_remaining = credits_remaining + :a, credits_used = credits_used - :a")
+                        .condition_expression("attribute_exists(PK)")
+                        .expression_attribute_values(":a", n(r.amount))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        ];
+        match transact(&self.client, items).await {
+            Ok(()) => self.balance(&r.user_id).await,
+            Err(TransactFailure::Condition { index: 0, .. }) => Ok(None),
+            Err(TransactFailure::Condition { .. }) => {
+                Err(StoreError(format!("refund of unknown user {}", r.user_id)))
+            }
+            Err(TransactFailure::Store(e)) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for DynamoStore {
+    async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.entry_item(entry)))
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+}
+
+fn idempotency_key(user_id: &str, key_: &str) -> Item {
+    key(format!("IDEMPOTENCY#{user_id}#{key_}"), "REQUEST")
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoStore {
+    async fn claim(&self, c: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
+        let now = c.at.timestamp();
+        let mut item = idempotency_key(&c.user_id, &c.key);
+        item.insert("fingerprint".into(), s(&c.fingerprint));
+        item.insert("state".into(), s("pending"));
+        item.insert(
+            "lease_until".into(),
+            n((c.at + IDEMPOTENCY_LEASE).timestamp()),
+        );
+        item.insert("ttl".into(), n((c.at + IDEMPOTENCY_TTL).timestamp()));
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(PK) OR #ttl <= :now OR (#state = :pending AND lease_until <= :now AND fingerprint = :fp)",
+            )
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":fp", s(&c.fingerprint))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match result {
+            Ok(_) => return Ok(ClaimOutcome::Claimed),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(failed)) => {
+                    failed.item().cloned()
+                }
+                _ => return Err(store_err(e)),
+            },
+        };
+        let old = match old {
+            Some(old) => old,
+            // The store did not return the item: read it.
+            None => self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(idempotency_key(&c.user_id, &c.key)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(store_err)?
+                .item
+                .unwrap_or_default(),
+        };
+        Ok(
+            if get_s(&old, "fingerprint") != Some(c.fingerprint.as_str()) {
+                ClaimOutcome::Conflict
+            } else if let (Some("done"), Some(answer)) =
+                (get_s(&old, "state"), get_s(&old, "answer"))
+            {
+                ClaimOutcome::Replay(answer.to_owned())
+            } else {
+                ClaimOutcome::InProgress
+            },
+        )
+    }
+
+    async fn complete(
+        &self,
+        user_id: &str,
+        key_: &str,
+        answer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(idempotency_key(user_id, key_)))
+            .update_expression("SET #state = :done, answer = :answer, #ttl = :ttl")
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":done", s("done"))
+            .expression_attribute_values(":answer", s(answer))
+            .expression_attribute_values(":ttl", n((now + IDEMPOTENCY_TTL).timestamp()))
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn release(&self, user_id: &str, key_: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(idempotency_key(user_id, key_)))
+            .condition_expression("#state = :pending")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":pending", s("pending"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl AccountStore for DynamoStore {
+    async fn create_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut item = key(user_pk(user_id), "PROFILE");
+        item.insert("credits_remaining".into(), n(0));
+        item.insert("credits_used".into(), n(0));
+        item.insert("created_at".into(), s(iso(now)));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn add_api_key(&self, api_key_digest: &str, user_id: &str) -> Result<(), StoreError> {
+        let mut item = key(format!("APIKEY#{api_key_digest}"), "LOOKUP");
+        item.insert("user_id".into(), s(user_id));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn grant(
+        &self,
+        user_id: &str,
+        amount: u64,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, ChargeError> {
+        let items = vec![
+            TransactWriteItem::builder()
+                .update(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(user_pk(user_id), "PROFILE")))
+                        .update_expression("SET credits_remaining = credits_remaining + :a")
+                        .condition_expression("attribute_exists(PK)")
+                        .expression_attribute_values(":a", n(amount))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(ledger_item(
+                            user_id,
+                            now,
+                            request_id,
+                            amount as i64,
+                            LedgerReason::Grant,
+                            None,
+                        )))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        ];
+        match transact(&self.client, items).await {
+            Ok(()) => Ok(self.balance(user_id).await?.unwrap_or(0)),
+            Err(TransactFailure::Condition { index: 0, .. }) => Err(ChargeError::UnknownUser),
+            Err(TransactFailure::Condition { .. }) => {
+                Err(StoreError(format!("grant {request_id} already applied")).into())
+            }
+            Err(TransactFailure::Store(e)) => Err(e.into()),
+        }
+    }
+
+    async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(user_pk(user_id), "PROFILE")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_err)?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let created_at = get_s(item, "created_at")
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| StoreError(format!("user {user_id}: bad created_at")))?;
+        Ok(Some(Account {
+            user_id: user_id.to_owned(),
+            credits_remaining: get_n(item, "credits_remaining").unwrap_or(0),
+            credits_used: get_n(item, "credits_used").unwrap_or(0),
+            created_at,
+        }))
+    }
+
+    async fn ledger(&self, user_id: &str, limit: usize) -> Result<Vec<LedgerLine>, StoreError> {
+        let mut lines = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :ledger)")
+                .expression_attribute_values(":pk", s(user_pk(user_id)))
+                .expression_attribute_values(":ledger", s("LEDGER#"))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .limit(limit.clamp(1, 1000) as i32)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(store_err)?;
+            for item in out.items() {
+                let line = (|| {
+                    Some(LedgerLine {
+                        user_id: user_id.to_owned(),
+                        at: DateTime::parse_from_rfc3339(get_s(item, "at")?)
+                            .ok()?
+                            .with_timezone(&Utc),
+                        request_id: get_s(item, "request_id")?.to_owned(),
+                        amount: get_n(item, "amount")?,
+                        reason: LedgerReason::parse(get_s(item, "reason")?)?,
+                        cache_key: get_s(item, "cache_key").map(str::to_owned),
+                    })
+                })()
+                .ok_or_else(|| StoreError(format!("unreadable ledger line of {user_id}")))?;
+                lines.push(line);
+                if lines.len() == limit {
+                    return Ok(lines);
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(lines),
+            }
+        }
+    }
+
+    async fn user_count(&self) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("SK = :profile")
+                .expression_attribute_values(":profile", s("PROFILE"))
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(store_err)?;
+            count += out.count().max(0) as u64;
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(count),
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Every file in events/ through its function's handler: the event is parsed the way the Lambda
+//! runtime parses it and answered by the function's application on the emulator.
+
+use crate::support::{lambda_config, sdk, simulator};
+use media_cache::domain::MediaType;
+use media_cache::service::accounts::create_user_with_key;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The key the sample events carry.
+const EVENTS_KEY: &str = "mc_sample_events_key";
+
+/// What each event must get: its function and status.
+fn expectation(file: &str) -> (MediaType, u16) {
+    match file {
+        "tts-valid.json" => (MediaType::Tts, 200),
+        "tts-bad-request.json" => (MediaType::Tts, 422),
+        "tts-unauthenticated.json" => (MediaType::Tts, 401),
+        "image-valid.json" => (MediaType::Image, 200),
+        "image-bad-request.json" => (MediaType::Image, 422),
+        "image-unauthenticated.json" => (MediaType::Image, 401),
+        other => panic!("events/{other} has no expectation here: add one"),
+    }
+}
+
+#[tokio::test]
+async fn every_sample_event_gets_its_expected_answer() {
+    let sim = simulator().await;
+    let sdk = sdk().await;
+    let config = lambda_config(&sim);
+    let store = media_cache::adapters::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        crate::support::env("MEDIA_TEST_TABLE"),
+        "s3://unused/",
+    );
+    create_user_with_key(&store, 1000, EVENTS_KEY.into(), chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "the sample events are there");
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (media, status) = expectation(&name);
+        let app = media_cache::lambda::app(&config, &sdk, media)
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let request = lambda_http::request::from_str(&text)
+            .unwrap_or_else(|e| panic!("{name} is not an API Gateway event: {e}"));
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        if status == 200 {
+            assert!(
+                json["url"].as_str().unwrap().contains("X-Amz-Signature"),
+                "{name}: presigned"
+            );
+            assert!(
+                json["cache_key"].as_str().unwrap().starts_with("CACHE#"),
+                "{name}"
+            );
+        } else {
+            assert!(json["error"]["message"].is_string(), "{name}: {json}");
+        }
+    }
+}

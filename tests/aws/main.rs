@@ -1,0 +1,7 @@
+//! The AWS side against the emulator that `scripts/test.sh` starts: the Lambda application on
+//! DynamoDB and S3, the sample events through their functions, the data model as an independent
+//! client reads it, and the round trips of a warm hit.
+
+mod events;
+mod support;
+mod table;
