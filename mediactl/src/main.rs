@@ -1,6 +1,7 @@
 //! `mediactl`: run the media cache API locally and administer it.
 
 use clap::{Parser, Subcommand};
+use media_cache::adapters::dynamodb::DynamoStore;
 use media_cache::clock::{Clock, SystemClock};
 use media_cache::ports::AccountStore;
 use media_cache::service::accounts::{
@@ -27,6 +28,11 @@ struct Cli {
         default_value = "mediactl-data"
     )]
     data_dir: PathBuf,
+    /// Administer the DynamoDB table of a deployed stack instead of the data directory (users
+    /// and credits commands; AWS credentials, region and `AWS_ENDPOINT_URL` as the AWS CLI reads
+    /// them).
+    #[arg(long, global = true, env = "MEDIACTL_TABLE")]
+    table: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,18 +134,33 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The store the admin commands work on: the data directory's SQLite file, or a DynamoDB table.
+async fn admin_store(
+    data_dir: &std::path::Path,
+    table: Option<&str>,
+) -> Result<Arc<dyn AccountStore>, String> {
+    match table {
+        Some(table) => {
+            let sdk = media_cache::lambda::sdk_config().await;
+            Ok(Arc::new(DynamoStore::from_sdk(&sdk, table, "")))
+        }
+        None => Ok(Arc::new(open_store(data_dir).map_err(|e| e.to_string())?)),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let clock = SystemClock;
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, args).await,
         Command::Users(UsersCommand::Create { credits, api_key }) => {
-            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let store = store.as_ref();
             let created = match api_key {
                 Some(key) if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) => {
                     return Err("--api-key must be at least 16 visible ASCII characters".into());
                 }
-                Some(key) => create_user_with_key(&store, credits, key, clock.now()).await,
-                None => create_user(&store, credits, clock.now()).await,
+                Some(key) => create_user_with_key(store, credits, key, clock.now()).await,
+                None => create_user(store, credits, clock.now()).await,
             };
             let user = created.map_err(|e| e.to_string())?;
             println!(
@@ -149,15 +170,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Users(UsersCommand::AddKey { user }) => {
-            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
-            let key = add_key(&store, &user)
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let store = store.as_ref();
+            let key = add_key(store, &user)
                 .await
                 .map_err(|e| format!("{user}: {e}"))?;
             println!("api_key: {key}");
             Ok(())
         }
         Command::Credits(CreditsCommand::Grant { user, amount }) => {
-            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let store = store.as_ref();
             let balance = store
                 .grant(&user, amount, &generate_request_id(), clock.now())
                 .await
@@ -166,8 +189,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Credits(CreditsCommand::Show { user }) => {
-            let store = open_store(&cli.data_dir).map_err(|e| e.to_string())?;
-            let Some(s) = statement(&store, &user, 20)
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let store = store.as_ref();
+            let Some(s) = statement(store, &user, 20)
                 .await
                 .map_err(|e| e.to_string())?
             else {

@@ -118,9 +118,17 @@ impl LambdaConfig {
     }
 }
 
-/// The AWS SDK configuration of this process: region, credentials, and `AWS_ENDPOINT_URL`.
+/// The AWS SDK configuration of this process: region, credentials, `AWS_ENDPOINT_URL`, and one
+/// HTTPS client (hyper, rustls with ring) shared by every AWS client.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https)
+        .load()
+        .await
 }
 
 /// An S3 client; path-style addressing when a custom endpoint (an emulator) is configured.
@@ -191,7 +199,7 @@ pub async fn app(
             );
             (Arc::new(store), Arc::new(objects), Router::new())
         }
-        Backend::Embedded { data_dir } => embedded(config, data_dir, Arc::clone(&clock))?,
+        Backend::Embedded { data_dir } => embedded(config, data_dir, media, Arc::clone(&clock))?,
     };
     let service = Arc::new(MediaService::new(
         store,
@@ -212,6 +220,7 @@ pub async fn app(
 fn embedded(
     config: &LambdaConfig,
     data_dir: &std::path::Path,
+    media: MediaType,
     clock: Arc<dyn Clock>,
 ) -> Result<Parts, StartupError> {
     use crate::adapters::fs_objects::{FsObjectStore, UrlSigner};
@@ -220,10 +229,11 @@ fn embedded(
     std::fs::create_dir_all(data_dir).map_err(|e| err(&e))?;
     let store = SqliteStore::open(&data_dir.join("media.db")).map_err(|e| err(&e))?;
     let signer = UrlSigner::from_dir(data_dir).map_err(|e| err(&e))?;
+    // `cargo lambda watch` serves function F under /lambda-url/F.
     let base = config
         .public_base_url
         .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:9000/lambda-url".into());
+        .unwrap_or_else(|| format!("http://127.0.0.1:9000/lambda-url/{media}"));
     let objects = FsObjectStore::new(data_dir.join("objects"), &base, signer);
     let route = crate::http::objects::objects_router(objects.clone(), clock);
     Ok((Arc::new(store), Arc::new(objects), route))
@@ -233,6 +243,7 @@ fn embedded(
 fn embedded(
     _config: &LambdaConfig,
     _data_dir: &std::path::Path,
+    _media: MediaType,
     _clock: Arc<dyn Clock>,
 ) -> Result<Parts, StartupError> {
     Err(StartupError(
@@ -240,9 +251,25 @@ fn embedded(
     ))
 }
 
+/// JSON log lines for CloudWatch, at `AWS_LAMBDA_LOG_LEVEL` (set by the template's LoggingConfig)
+/// or `RUST_LOG`, INFO by default.
+fn init_logging() {
+    let level = ["AWS_LAMBDA_LOG_LEVEL", "RUST_LOG"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(level)
+        .with_current_span(false)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
+
 /// Runs a media function: reads the environment, builds everything once, serves events.
 pub async fn run(media: MediaType) -> Result<(), lambda_http::Error> {
-    lambda_http::tracing::init_default_subscriber();
+    init_logging();
     let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
     let sdk = sdk_config().await;
     let app = app(&config, &sdk, media).await?;

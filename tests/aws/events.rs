@@ -74,3 +74,47 @@ async fn every_sample_event_gets_its_expected_answer() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_function_runs_on_the_embedded_store_for_cargo_lambda_watch() {
+    let sim = simulator().await;
+    let sdk = sdk().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = media_cache::lambda::LambdaConfig {
+        backend: media_cache::lambda::Backend::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        },
+        ..lambda_config(&sim)
+    };
+    let store =
+        media_cache::adapters::sqlite::SqliteStore::open(&dir.path().join("media.db")).unwrap();
+    create_user_with_key(&store, 100, EVENTS_KEY.into(), chrono::Utc::now())
+        .await
+        .unwrap();
+    let app = media_cache::lambda::app(&config, &sdk, MediaType::Tts)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/tts-valid.json"
+    ))
+    .unwrap();
+    let request = lambda_http::request::from_str(&text).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    let url = json["url"].as_str().unwrap();
+    let prefix = "http://127.0.0.1:9000/lambda-url/tts";
+    assert!(url.starts_with(prefix), "{url}");
+
+    // The function serves its own objects under that URL.
+    let object = axum::http::Request::get(&url[prefix.len()..])
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(object).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/mpeg");
+}

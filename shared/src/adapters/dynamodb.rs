@@ -114,6 +114,15 @@ impl DynamoStore {
         }
     }
 
+    /// A store on `table` with a client built from an SDK configuration.
+    pub fn from_sdk(
+        sdk: &aws_config::SdkConfig,
+        table: impl Into<String>,
+        location_prefix: impl Into<String>,
+    ) -> Self {
+        Self::new(Client::new(sdk), table, location_prefix)
+    }
+
     fn known_owner(&self, digest: &str) -> Option<String> {
         self.key_owners
             .lock()
@@ -200,7 +209,8 @@ impl DynamoStore {
         })
     }
 
-    async fn balance(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+    /// The user's profile item, read consistently.
+    async fn profile(&self, user_id: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -210,7 +220,14 @@ impl DynamoStore {
             .send()
             .await
             .map_err(store_err)?;
-        Ok(out.item().and_then(|i| get_n(i, "credits_remaining")))
+        Ok(out.item)
+    }
+
+    async fn balance(&self, user_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .profile(user_id)
+            .await?
+            .and_then(|i| get_n(&i, "credits_remaining")))
     }
 
     /// One charge transaction. `exact` makes the balance condition `= seen` so the new balance is
@@ -707,18 +724,10 @@ impl AccountStore for DynamoStore {
     }
 
     async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key(user_pk(user_id), "PROFILE")))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(store_err)?;
-        let Some(item) = out.item() else {
+        let Some(item) = self.profile(user_id).await? else {
             return Ok(None);
         };
+        let item = &item;
         let created_at = get_s(item, "created_at")
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc))

@@ -87,6 +87,8 @@ struct AttemptError {
 impl OpenAiClient {
     /// A client for `config`.
     pub fn new(config: OpenAiConfig) -> Result<Self, ProviderError> {
+        // rustls's process-wide crypto: ring (an earlier install, of any provider, wins).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(Duration::from_secs(10))

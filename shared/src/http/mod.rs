@@ -231,14 +231,6 @@ async fn answer(
             .map_err(|e| ApiError::new(&call.request_id, ServiceError::from(e)))?;
         urls.push(url);
     }
-    tracing::info!(
-        request_id = %call.request_id,
-        media_type = %generation.media_type,
-        cache = generation.outcome.as_str(),
-        credits_charged = generation.credits_charged,
-        replayed = generation.replayed,
-        "served"
-    );
     let body = json!({
         "id": generation.id,
         "status": "completed",

@@ -239,13 +239,50 @@ impl MediaService {
             .clone()
             .ok_or(ServiceError::Unauthorized("invalid API key"))?;
 
-        let Some(idempotency_key) = call.idempotency_key.as_deref() else {
-            return self
-                .hit_or_miss(call, &user_id, lookup, job, generate)
-                .await;
+        let result = match call.idempotency_key.as_deref() {
+            None => {
+                self.hit_or_miss(call, &user_id, lookup, job, generate)
+                    .await
+            }
+            Some(key) => {
+                self.idempotent(call, &user_id, key, lookup, job, generate)
+                    .await
+            }
         };
+        match &result {
+            Ok(g) => tracing::info!(
+                request_id = %call.request_id,
+                user_id,
+                media_type = %g.media_type,
+                cache = g.outcome.as_str(),
+                credits_charged = g.credits_charged,
+                credits_remaining = g.credits_remaining,
+                replayed = g.replayed,
+                "served"
+            ),
+            Err(e) => {
+                tracing::info!(request_id = %call.request_id, user_id, error = %e, "not served")
+            }
+        }
+        result
+    }
+
+    /// Runs the request once per idempotency key: a retry gets the stored answer.
+    async fn idempotent<F, Fut>(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        idempotency_key: &str,
+        lookup: Lookup,
+        job: MediaJob,
+        generate: F,
+    ) -> Result<Generation, ServiceError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
+    {
         let claim = IdempotencyClaim {
-            user_id: user_id.clone(),
+            user_id: user_id.to_owned(),
             key: idempotency_key.to_owned(),
             fingerprint: fingerprint(&job.cache_key, call.cache_control),
             at: self.clock.now(),
@@ -261,17 +298,15 @@ impl MediaService {
             ClaimOutcome::Conflict => return Err(ServiceError::IdempotencyConflict),
             ClaimOutcome::InProgress => return Err(ServiceError::IdempotencyInProgress),
         }
-        let result = self
-            .hit_or_miss(call, &user_id, lookup, job, generate)
-            .await;
+        let result = self.hit_or_miss(call, user_id, lookup, job, generate).await;
         let saved = match &result {
             Ok(generation) => {
                 let answer = serde_json::to_string(generation).unwrap_or_default();
                 self.store
-                    .complete(&user_id, idempotency_key, &answer, self.clock.now())
+                    .complete(user_id, idempotency_key, &answer, self.clock.now())
                     .await
             }
-            Err(_) => self.store.release(&user_id, idempotency_key).await,
+            Err(_) => self.store.release(user_id, idempotency_key).await,
         };
         if let Err(e) = saved {
             // The request itself succeeded or failed on its own; a retry may run it again.

@@ -1,0 +1,87 @@
+//! The `mediactl` admin commands as a user runs them: on a data directory, and with `--table` on
+//! the DynamoDB emulator that `scripts/test.sh` starts.
+
+use std::process::Command;
+
+fn mediactl(args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mediactl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mediactl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn field<'a>(output: &'a str, name: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {output}"))
+}
+
+/// Creates a user, grants credits, adds a key and shows the statement through `location`.
+fn round_trip(location: &[&str]) {
+    let args = |rest: &[&str]| -> Vec<String> {
+        location.iter().chain(rest).map(|a| a.to_string()).collect()
+    };
+    let created = mediactl(&args(&["users", "create", "--credits", "7"]));
+    let user = field(&created, "user_id").to_owned();
+    assert!(field(&created, "api_key").starts_with("mc_"));
+    let granted = mediactl(&args(&["credits", "grant", &user, "5"]));
+    assert!(granted.contains("balance 12"), "{granted}");
+    let key = mediactl(&args(&["users", "add-key", &user]));
+    assert!(field(&key, "api_key").starts_with("mc_"));
+    let shown = mediactl(&args(&["credits", "show", &user]));
+    assert!(shown.contains("12 credits remaining"), "{shown}");
+    assert_eq!(shown.matches("grant").count(), 2, "{shown}");
+}
+
+#[test]
+fn admin_commands_work_on_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(&["--data-dir", dir.path().to_str().unwrap()]);
+}
+
+#[test]
+fn admin_commands_work_on_a_dynamodb_table() {
+    let table = std::env::var("MEDIA_TEST_TABLE").expect(
+        "MEDIA_TEST_TABLE is not set: run ./scripts/test.sh, which starts the AWS emulator",
+    );
+    round_trip(&["--table", &table]);
+}
+
+#[test]
+fn mistakes_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mediactl"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "credits",
+            "grant",
+            "usr_nobody",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("usr_nobody: unknown user"), "{err}");
+    let short = Command::new(env!("CARGO_BIN_EXE_mediactl"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "users",
+            "create",
+            "--api-key",
+            "short",
+        ])
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 16"));
+}
