@@ -36,4 +36,14 @@ export MEDIA_TEST_PYTHON="$PWD/$VENV/bin/python"
 "$VENV/bin/python" scripts/aws_emulator.py wait "$AWS_ENDPOINT_URL"
 "$VENV/bin/python" scripts/aws_emulator.py setup "$MEDIA_TEST_TABLE" "$MEDIA_TEST_BUCKET"
 echo "== cargo test (AWS emulator on port $PORT)"
-cargo test --workspace --all-features
+set +e
+cargo test --workspace --all-features 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo ends on the last crate's doc-tests).
+count() {
+    sed -nE "s/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\\$1/p" target/test-output.log |
+        awk '{ s += $1 } END { print s + 0 }'
+}
+echo "tests: $(count 1) passed, $(count 2) failed"
+exit "$status"
