@@ -114,6 +114,19 @@ impl DynamoStore {
         }
     }
 
+    /// Writes an item that must not exist yet.
+    async fn put_new(&self, item: Item) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     /// A store on `table` with a client built from an SDK configuration.
     pub fn from_sdk(
         sdk: &aws_config::SdkConfig,
@@ -650,29 +663,13 @@ impl AccountStore for DynamoStore {
         item.insert("credits_remaining".into(), n(0));
         item.insert("credits_used".into(), n(0));
         item.insert("created_at".into(), s(iso(now)));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await
-            .map_err(store_err)?;
-        Ok(())
+        self.put_new(item).await
     }
 
     async fn add_api_key(&self, api_key_digest: &str, user_id: &str) -> Result<(), StoreError> {
         let mut item = key(format!("APIKEY#{api_key_digest}"), "LOOKUP");
         item.insert("user_id".into(), s(user_id));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
-            .await
-            .map_err(store_err)?;
-        Ok(())
+        self.put_new(item).await
     }
 
     async fn grant(
