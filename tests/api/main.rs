@@ -2,5 +2,6 @@
 //! simulator, SQLite and files in a temporary directory.
 
 mod cache;
+mod compat;
 mod credits;
 mod errors;

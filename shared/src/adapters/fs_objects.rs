@@ -108,18 +108,6 @@ impl FsObjectStore {
         is_valid_object_key(key).then(|| self.root.join(key))
     }
 
-    /// Reads an object's bytes, if it exists.
-    pub async fn read(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
-        let Some(path) = self.path_of(key) else {
-            return Ok(None);
-        };
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ObjectError(format!("{}: {e}", path.display()))),
-        }
-    }
-
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -148,6 +136,17 @@ impl ObjectStore for FsObjectStore {
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(|e| ObjectError(format!("{}: {e}", path.display())))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
+        let Some(path) = self.path_of(key) else {
+            return Ok(None);
+        };
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ObjectError(format!("{}: {e}", path.display()))),
+        }
     }
 
     async fn presign_get(

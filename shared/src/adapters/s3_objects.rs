@@ -56,6 +56,23 @@ impl ObjectStore for S3ObjectStore {
         Ok(())
     }
 
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, ObjectError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(object_err(e)),
+        };
+        let body = output.body.collect().await.map_err(object_err)?;
+        Ok(Some(body.into_bytes()))
+    }
+
     async fn presign_get(
         &self,
         key: &str,

@@ -4,6 +4,7 @@
 pub mod error;
 #[cfg(feature = "embedded")]
 pub mod objects;
+mod openai_compat;
 
 pub use error::{ApiError, HttpError};
 
@@ -19,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use chrono::{Duration, SubsecRound};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -44,16 +45,23 @@ pub fn router(state: AppState) -> Router {
         Router::new()
             .route("/api/v1/media/tts", post(tts))
             .route("/api/v1/media/image", post(image))
-            .route("/api/v1/credits", get(credits)),
+            .route("/api/v1/credits", get(credits))
+            .route("/v1/audio/speech", post(openai_compat::speech))
+            .route("/v1/images/generations", post(openai_compat::images)),
         state,
     )
 }
 
-/// The routes one Lambda function serves: its media route and the health check.
+/// The routes one Lambda function serves: its media route, its OpenAI-compatible drop-in and the
+/// health check.
 pub fn function_router(state: AppState, media: MediaType) -> Router {
     let routes = match media {
-        MediaType::Tts => Router::new().route("/api/v1/media/tts", post(tts)),
-        MediaType::Image => Router::new().route("/api/v1/media/image", post(image)),
+        MediaType::Tts => Router::new()
+            .route("/api/v1/media/tts", post(tts))
+            .route("/v1/audio/speech", post(openai_compat::speech)),
+        MediaType::Image => Router::new()
+            .route("/api/v1/media/image", post(image))
+            .route("/v1/images/generations", post(openai_compat::images)),
     };
     finish(routes, state)
 }
@@ -214,12 +222,12 @@ fn set_header(response: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// Renders a result with fresh URLs and the cache and credit headers.
-async fn answer(
+/// Fresh URLs for a result's objects, and when they expire.
+async fn presign_all(
     state: &AppState,
     call: &CallContext,
-    generation: Generation,
-) -> Result<Response, ApiError> {
+    generation: &Generation,
+) -> Result<(Vec<String>, DateTime<Utc>), ApiError> {
     let expires_at = (state.service.clock().now() + state.url_ttl).trunc_subsecs(0);
     let mut urls = Vec::with_capacity(generation.object_keys.len());
     for key in &generation.object_keys {
@@ -231,6 +239,41 @@ async fn answer(
             .map_err(|e| ApiError::new(&call.request_id, ServiceError::from(e)))?;
         urls.push(url);
     }
+    Ok((urls, expires_at))
+}
+
+/// Adds the cache and credit headers of a result.
+fn with_cache_headers(
+    mut response: Response,
+    call: &CallContext,
+    generation: &Generation,
+) -> Response {
+    set_header(&mut response, "x-cache", generation.outcome.as_str());
+    set_header(&mut response, "x-cache-key", &generation.cache_key);
+    set_header(
+        &mut response,
+        "x-credits-charged",
+        &generation.credits_charged.to_string(),
+    );
+    set_header(
+        &mut response,
+        "x-credits-remaining",
+        &generation.credits_remaining.to_string(),
+    );
+    set_header(&mut response, "x-request-id", &call.request_id);
+    if generation.replayed {
+        set_header(&mut response, "idempotent-replayed", "true");
+    }
+    response
+}
+
+/// Renders a result with fresh URLs and the cache and credit headers.
+async fn answer(
+    state: &AppState,
+    call: &CallContext,
+    generation: Generation,
+) -> Result<Response, ApiError> {
+    let (urls, expires_at) = presign_all(state, call, &generation).await?;
     let body = json!({
         "id": generation.id,
         "status": "completed",
@@ -248,22 +291,9 @@ async fn answer(
         "expires_at": expires_at,
         "cache_expires_at": generation.cache_expires_at,
     });
-    let mut response = Json(body).into_response();
-    set_header(&mut response, "x-cache", generation.outcome.as_str());
-    set_header(&mut response, "x-cache-key", &generation.cache_key);
-    set_header(
-        &mut response,
-        "x-credits-charged",
-        &generation.credits_charged.to_string(),
-    );
-    set_header(
-        &mut response,
-        "x-credits-remaining",
-        &generation.credits_remaining.to_string(),
-    );
-    set_header(&mut response, "x-request-id", &call.request_id);
-    if generation.replayed {
-        set_header(&mut response, "idempotent-replayed", "true");
-    }
-    Ok(response)
+    Ok(with_cache_headers(
+        Json(body).into_response(),
+        call,
+        &generation,
+    ))
 }

@@ -4,6 +4,7 @@ use super::error::{ApiError, HttpError};
 use crate::adapters::fs_objects::FsObjectStore;
 use crate::clock::Clock;
 use crate::domain::media::content_type_for_key;
+use crate::ports::ObjectStore;
 use crate::service::ServiceError;
 use crate::service::accounts::generate_request_id;
 use axum::Router;
@@ -52,7 +53,7 @@ async fn serve_object(
     }
     let bytes = state
         .store
-        .read(&key)
+        .get(&key)
         .await
         .map_err(|e| ApiError::new(&request_id, ServiceError::from(e)))?
         .ok_or_else(|| ApiError::new(&request_id, HttpError::NotFound))?;

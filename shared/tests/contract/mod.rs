@@ -46,6 +46,7 @@ macro_rules! object_contract {
     ($factory:expr) => {
         $crate::object_contract!(@cases $factory;
             a_stored_object_downloads_through_its_presigned_url,
+            a_stored_object_reads_back_and_a_missing_one_is_none,
             putting_the_same_key_twice_keeps_one_object,
         );
     };

@@ -44,6 +44,17 @@ pub async fn a_stored_object_downloads_through_its_presigned_url(h: Harness) {
     assert_eq!(body, bytes.to_vec());
 }
 
+pub async fn a_stored_object_reads_back_and_a_missing_one_is_none(h: Harness) {
+    let key = unique("flac");
+    let bytes = Bytes::from_static(b"fLaC and more");
+    h.store
+        .put(&key, bytes.clone(), "audio/flac")
+        .await
+        .unwrap();
+    assert_eq!(h.store.get(&key).await.unwrap(), Some(bytes));
+    assert_eq!(h.store.get(&unique("flac")).await.unwrap(), None);
+}
+
 pub async fn putting_the_same_key_twice_keeps_one_object(h: Harness) {
     let key = unique("png");
     let bytes = Bytes::from_static(b"\x89PNG\r\n\x1a\nsame");
