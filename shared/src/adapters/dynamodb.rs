@@ -114,6 +114,17 @@ impl DynamoStore {
         }
     }
 
+    /// A transaction item writing an item that must not exist yet.
+    fn put_new_item(&self, item: Item) -> Result<TransactWriteItem, StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(PK)")
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
     /// Writes an item that must not exist yet.
     async fn put_new(&self, item: Item) -> Result<(), StoreError> {
         self.client
@@ -274,23 +285,15 @@ impl DynamoStore {
                         .map_err(|e| TransactFailure::Store(build_err(e)))?,
                 )
                 .build(),
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(ledger_item(
-                            &c.user_id,
-                            c.at,
-                            &c.request_id,
-                            -(c.amount as i64),
-                            c.reason,
-                            Some(&cache_key),
-                        )))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(|e| TransactFailure::Store(build_err(e)))?,
-                )
-                .build(),
+            self.put_new_item(ledger_item(
+                &c.user_id,
+                c.at,
+                &c.request_id,
+                -(c.amount as i64),
+                c.reason,
+                Some(&cache_key),
+            ))
+            .map_err(TransactFailure::Store)?,
         ];
         if count_hit {
             items.push(
@@ -482,16 +485,7 @@ impl CreditStore for DynamoStore {
         let marker = key(user_pk(&r.user_id), &format!("REFUND#{}", r.request_id));
         let cache_key = r.cache_key.to_string();
         let items = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(marker))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(build_err)?,
-                )
-                .build(),
+            self.put_new_item(marker)?,
             TransactWriteItem::builder()
                 .put(
                     Put::builder()
@@ -692,23 +686,14 @@ impl AccountStore for DynamoStore {
                         .map_err(build_err)?,
                 )
                 .build(),
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(ledger_item(
-                            user_id,
-                            now,
-                            request_id,
-                            amount as i64,
-                            LedgerReason::Grant,
-                            None,
-                        )))
-                        .condition_expression("attribute_not_exists(PK)")
-                        .build()
-                        .map_err(build_err)?,
-                )
-                .build(),
+            self.put_new_item(ledger_item(
+                user_id,
+                now,
+                request_id,
+                amount as i64,
+                LedgerReason::Grant,
+                None,
+            ))?,
         ];
         match transact(&self.client, items).await {
             Ok(()) => Ok(self.balance(user_id).await?.unwrap_or(0)),
