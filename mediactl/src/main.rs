@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use media_cache::adapters::dynamodb::DynamoStore;
+use media_cache::adapters::kling::KlingAuth;
 use media_cache::clock::{Clock, SystemClock};
 use media_cache::ports::AccountStore;
 use media_cache::service::accounts::{
@@ -40,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole API in this process (embedded store, local files, provider simulator).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -85,6 +86,31 @@ struct ServeArgs {
     /// Write logs as JSON lines.
     #[arg(long, env = "MEDIACTL_JSON_LOGS")]
     json_logs: bool,
+    /// Use the real Suno API with this key instead of the simulator.
+    #[arg(long, env = "SUNO_API_KEY", hide_env_values = true)]
+    suno_api_key: Option<String>,
+    /// Suno base URL (used with a key).
+    #[arg(long, env = "SUNO_BASE_URL", default_value = "https://api.sunoapi.org")]
+    suno_base_url: String,
+    /// Use the real Kling API with this API key instead of the simulator.
+    #[arg(long, env = "KLING_API_KEY", hide_env_values = true)]
+    kling_api_key: Option<String>,
+    /// Kling access key (with --kling-secret-key: JWT auth instead of an API key).
+    #[arg(long, env = "KLING_ACCESS_KEY")]
+    kling_access_key: Option<String>,
+    /// Kling secret key.
+    #[arg(long, env = "KLING_SECRET_KEY", hide_env_values = true)]
+    kling_secret_key: Option<String>,
+    /// Kling base URL (used with credentials).
+    #[arg(
+        long,
+        env = "KLING_BASE_URL",
+        default_value = "https://api-singapore.klingai.com"
+    )]
+    kling_base_url: String,
+    /// How long the simulator's music and video tasks take, in milliseconds.
+    #[arg(long, env = "MEDIACTL_SIM_TASK_MS", default_value_t = 3000)]
+    sim_task_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -151,7 +177,7 @@ async fn admin_store(
 async fn run(cli: Cli) -> Result<(), String> {
     let clock = SystemClock;
     match cli.command {
-        Command::Serve(args) => serve(cli.data_dir, args).await,
+        Command::Serve(args) => serve(cli.data_dir, *args).await,
         Command::Users(UsersCommand::Create { credits, api_key }) => {
             let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
             let store = store.as_ref();
@@ -240,6 +266,23 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
         url_ttl: Duration::from_secs(args.url_ttl_secs),
         dev_credits: args.dev_credits,
         provider_timeout: Duration::from_secs(args.provider_timeout_secs),
+        suno: args.suno_api_key.map(|key| (args.suno_base_url, key)),
+        kling: match (
+            args.kling_api_key,
+            args.kling_access_key,
+            args.kling_secret_key,
+        ) {
+            (Some(key), _, _) => Some((args.kling_base_url, KlingAuth::ApiKey(key))),
+            (None, Some(access_key), Some(secret_key)) => Some((
+                args.kling_base_url,
+                KlingAuth::AccessKey {
+                    access_key,
+                    secret_key,
+                },
+            )),
+            _ => None,
+        },
+        sim_task_duration: Duration::from_millis(args.sim_task_ms),
         ..ServeConfig::default()
     };
     let server = start(config, Arc::new(SystemClock))
@@ -249,10 +292,10 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
     println!("data directory: {}", data_dir.display());
     match &server.sim {
         Some(sim) => println!(
-            "providers: built-in simulator at {} (set OPENAI_API_KEY for real OpenAI)",
+            "providers: built-in simulator at {} (set OPENAI_API_KEY, SUNO_API_KEY, KLING_API_KEY for the real ones)",
             sim.base_url
         ),
-        None => println!("providers: OpenAI"),
+        None => println!("providers: OpenAI, Suno, Kling"),
     }
     match &server.dev_user {
         Some(user) => {

@@ -2,16 +2,18 @@
 
 use axum::Router;
 use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
+use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::sqlite::SqliteStore;
+use media_cache::adapters::suno::{SunoClient, SunoConfig};
 use media_cache::clock::Clock;
 use media_cache::domain::PriceTable;
 use media_cache::domain::pricing::PricingError;
 use media_cache::http::objects::objects_router;
 use media_cache::http::{AppState, router};
 use media_cache::ports::{AccountStore, ChargeError, ProviderError, StoreError};
-use media_cache::service::MediaService;
 use media_cache::service::accounts::{NewUser, create_user};
+use media_cache::service::{CallbackSigner, JobParts, JobPolicy, MediaService};
 use provider_sim::{SimConfig, SimHandle};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,16 @@ pub struct ServeConfig {
     pub provider_retries: u32,
     /// First retry delay (doubles per retry) when the provider gives none.
     pub provider_backoff: Duration,
+    /// Real Suno (base URL, key); without it the simulator makes music.
+    pub suno: Option<(String, String)>,
+    /// Real Kling (base URL, credentials); without it the simulator makes video.
+    pub kling: Option<(String, KlingAuth)>,
+    /// How long the simulator's music and video tasks take.
+    pub sim_task_duration: Duration,
+    /// How jobs are polled and when they time out.
+    pub job_policy: JobPolicy,
+    /// How often the job worker looks for due messages when the queue is idle.
+    pub worker_idle: Duration,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +75,14 @@ impl Default for ServeConfig {
             provider_timeout: Duration::from_secs(120),
             provider_retries: 2,
             provider_backoff: Duration::from_millis(500),
+            suno: None,
+            kling: None,
+            sim_task_duration: Duration::from_secs(3),
+            job_policy: JobPolicy {
+                first_poll: Duration::from_secs(2),
+                ..JobPolicy::default()
+            },
+            worker_idle: Duration::from_millis(250),
         }
     }
 }
@@ -103,6 +123,7 @@ pub struct Server {
     pub store: SqliteStore,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -112,6 +133,9 @@ impl Server {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        // A message interrupted mid-work is delivered again after a restart: completion is
+        // idempotent.
+        self.worker.abort();
     }
 }
 
@@ -143,16 +167,37 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         .clone()
         .unwrap_or_else(|| base_url.clone());
 
-    let (sim, openai) = match &config.openai_api_key {
-        Some(key) => (None, OpenAiConfig::new(&config.openai_base_url, key)),
-        None => {
-            let sim = provider_sim::spawn(SimConfig::default(), config.sim_addr)
+    let needs_sim =
+        config.openai_api_key.is_none() || config.suno.is_none() || config.kling.is_none();
+    let sim = if needs_sim {
+        let sim_config = SimConfig {
+            task_duration: config.sim_task_duration,
+            callbacks: true,
+            ..SimConfig::default()
+        };
+        Some(
+            provider_sim::spawn(sim_config, config.sim_addr)
                 .await
-                .map_err(|e| io_err("cannot start the provider simulator", e))?;
-            let openai = OpenAiConfig::new(&sim.base_url, "sim-key");
-            (Some(sim), openai)
-        }
+                .map_err(|e| io_err("cannot start the provider simulator", e))?,
+        )
+    } else {
+        None
     };
+    let sim_url = sim.as_ref().map(|s| s.base_url.clone()).unwrap_or_default();
+    let openai = match &config.openai_api_key {
+        Some(key) => OpenAiConfig::new(&config.openai_base_url, key),
+        None => OpenAiConfig::new(&sim_url, "sim-key"),
+    };
+    let (suno_url, suno_key) = config
+        .suno
+        .clone()
+        .unwrap_or_else(|| (sim_url.clone(), "sim-key".into()));
+    let (kling_url, kling_auth) = config
+        .kling
+        .clone()
+        .unwrap_or_else(|| (sim_url.clone(), KlingAuth::ApiKey("sim-key".into())));
+    let suno = SunoClient::new(SunoConfig::new(suno_url, suno_key))?;
+    let kling = KlingClient::new(KlingConfig::new(kling_url, kling_auth))?;
     let openai = Arc::new(OpenAiClient::new(OpenAiConfig {
         timeout: config.provider_timeout,
         max_retries: config.provider_retries,
@@ -165,14 +210,26 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         &public_url,
         UrlSigner::from_dir(&config.data_dir).map_err(|e| ServeError::Io(e.0))?,
     );
-    let service = Arc::new(MediaService::new(
-        Arc::new(store.clone()),
-        Arc::new(objects.clone()),
-        openai.clone(),
-        openai,
-        pricing,
-        Arc::clone(&clock),
-    ));
+    let signer = UrlSigner::from_dir(&config.data_dir).map_err(|e| ServeError::Io(e.0))?;
+    let jobs = JobParts {
+        queue: Arc::new(store.clone()),
+        // The URL-signing key also signs callbacks (the message says what it signs).
+        callbacks: CallbackSigner::new(signer.key().to_vec(), &public_url),
+        policy: config.job_policy,
+        music: Some(Arc::new(suno)),
+        video: Some(Arc::new(kling)),
+    };
+    let service = Arc::new(
+        MediaService::new(
+            Arc::new(store.clone()),
+            Arc::new(objects.clone()),
+            openai.clone(),
+            openai,
+            pricing,
+            Arc::clone(&clock),
+        )
+        .with_jobs(jobs),
+    );
 
     let dev_user = if store.user_count().await? == 0 {
         Some(create_user(&store, config.dev_credits, clock.now()).await?)
@@ -180,6 +237,11 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         None
     };
 
+    let worker = tokio::spawn(run_worker(
+        store.clone(),
+        Arc::clone(&service),
+        config.worker_idle,
+    ));
     let app: Router = router(AppState {
         service,
         url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
@@ -204,5 +266,44 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         store,
         shutdown: Some(tx),
         task,
+        worker,
     })
+}
+
+/// How long a received message stays hidden while it is worked on.
+const VISIBILITY: Duration = Duration::from_secs(120);
+/// Receives before a message goes to the dead letters (as the SQS queue's maxReceiveCount).
+const MAX_RECEIVES: u32 = 5;
+
+/// The embedded completion worker: the SQLite queue's due messages through the same completion
+/// step the Lambda function runs; a failed message is received again after its visibility timeout.
+async fn run_worker(store: SqliteStore, service: Arc<MediaService>, idle: Duration) {
+    loop {
+        let received = match store.receive_messages(10, VISIBILITY, MAX_RECEIVES).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::error!(error = %e, "job queue unreadable");
+                Vec::new()
+            }
+        };
+        if received.is_empty() {
+            tokio::time::sleep(idle).await;
+            continue;
+        }
+        for message in received {
+            match service.process_job(&message.message).await {
+                Ok(()) => {
+                    if let Err(e) = store.delete_message(message.receipt).await {
+                        tracing::error!(error = %e, "processed message not deleted");
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    job_id = %message.message.job_id,
+                    receive_count = message.receive_count,
+                    error = %e,
+                    "job message failed; it will be delivered again"
+                ),
+            }
+        }
+    }
 }

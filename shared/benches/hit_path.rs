@@ -65,12 +65,19 @@ fn bench(c: &mut Criterion) {
     // Prime the cache with one miss.
     let first = rt
         .block_on(service.generate(&call(&api_key), &request()))
+        .unwrap()
+        .ready()
         .unwrap();
     assert_eq!(first.outcome, CacheOutcome::Miss);
 
     c.bench_function("hit_path/sqlite", |b| {
         b.to_async(&rt).iter(|| async {
-            let generation = service.generate(&call(&api_key), &request()).await.unwrap();
+            let generation = service
+                .generate(&call(&api_key), &request())
+                .await
+                .unwrap()
+                .ready()
+                .unwrap();
             assert_eq!(generation.outcome, CacheOutcome::Hit);
             black_box(generation)
         })

@@ -2,13 +2,18 @@
 //! function's axum routes handed to `lambda_http::run`.
 
 use crate::adapters::dynamodb::DynamoStore;
+use crate::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use crate::adapters::openai::{OpenAiClient, OpenAiConfig};
 use crate::adapters::s3_objects::S3ObjectStore;
+use crate::adapters::sqs_queue::SqsJobQueue;
+use crate::adapters::suno::{SunoClient, SunoConfig};
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{MediaType, PriceTable};
+use crate::domain::{JobMessage, PriceTable};
+pub use crate::http::Function;
 use crate::http::{AppState, function_router};
-use crate::ports::{ObjectStore, Store};
-use crate::service::MediaService;
+use crate::ports::{JobQueue, ObjectStore, Store};
+use crate::service::{CallbackSigner, JobParts, JobPolicy, MediaService};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,8 @@ pub enum SecretSource {
     Value(String),
     /// The name of an SSM SecureString parameter holding it (`OPENAI_API_KEY_PARAMETER`).
     SsmParameter(String),
+    /// Not configured: functions that need it refuse to start.
+    Unset,
 }
 
 /// Which store and object storage the function uses.
@@ -62,6 +69,19 @@ pub struct LambdaConfig {
     pub provider_timeout: Duration,
     /// `PRICING_TOML`: a whole price list, replacing the defaults.
     pub pricing_toml: Option<String>,
+    /// `JOBS_QUEUE_URL`: the SQS queue of music and video jobs (unset: no jobs).
+    pub jobs_queue_url: Option<String>,
+    /// `CALLBACK_SECRET` or `CALLBACK_SECRET_PARAMETER`: signs provider callback URLs.
+    pub callback_secret: Option<SecretSource>,
+    /// `PUBLIC_API_URL`: the API as providers reach it, for callback URLs.
+    pub public_api_url: String,
+    /// `SUNO_BASE_URL` and `SUNO_API_KEY` or `SUNO_API_KEY_PARAMETER` (unset: no music).
+    pub suno: Option<(String, SecretSource)>,
+    /// `KLING_BASE_URL` and `KLING_API_KEY` or `KLING_API_KEY_PARAMETER` (unset: no video): an
+    /// API key, or `ACCESS_KEY:SECRET_KEY` for JWT auth.
+    pub kling: Option<(String, SecretSource)>,
+    /// `JOB_FIRST_POLL_SECS`, `JOB_MAX_POLL_SECS`, `JOB_TIMEOUT_SECS`.
+    pub job_policy: JobPolicy,
 }
 
 impl LambdaConfig {
@@ -95,25 +115,40 @@ impl LambdaConfig {
                 )));
             }
         };
-        let openai_api_key = match (var("OPENAI_API_KEY"), var("OPENAI_API_KEY_PARAMETER")) {
-            (Some(key), _) => SecretSource::Value(key),
-            (None, Some(name)) => SecretSource::SsmParameter(name),
-            (None, None) => {
-                return Err(StartupError(
-                    "set OPENAI_API_KEY_PARAMETER (an SSM SecureString name) or OPENAI_API_KEY"
-                        .into(),
-                ));
-            }
+        let secret = |value: &str, parameter: &str| match (var(value), var(parameter)) {
+            (Some(key), _) => Some(SecretSource::Value(key)),
+            (None, Some(name)) => Some(SecretSource::SsmParameter(name)),
+            (None, None) => None,
+        };
+        let openai_api_key = secret("OPENAI_API_KEY", "OPENAI_API_KEY_PARAMETER");
+        let defaults = JobPolicy::default();
+        let job_policy = JobPolicy {
+            first_poll: secs("JOB_FIRST_POLL_SECS", defaults.first_poll.as_secs())?,
+            max_poll_delay: secs("JOB_MAX_POLL_SECS", defaults.max_poll_delay.as_secs())?,
+            timeout: secs("JOB_TIMEOUT_SECS", defaults.timeout.as_secs())?,
         };
         Ok(Self {
             backend,
             public_base_url: var("PUBLIC_BASE_URL"),
             openai_base_url: var("OPENAI_BASE_URL")
                 .unwrap_or_else(|| "https://api.openai.com".into()),
-            openai_api_key,
+            openai_api_key: openai_api_key.unwrap_or(SecretSource::Unset),
             url_ttl: secs("URL_TTL_SECS", 3600)?,
             provider_timeout: secs("PROVIDER_TIMEOUT_SECS", 25)?,
             pricing_toml: var("PRICING_TOML"),
+            jobs_queue_url: var("JOBS_QUEUE_URL"),
+            callback_secret: secret("CALLBACK_SECRET", "CALLBACK_SECRET_PARAMETER"),
+            public_api_url: var("PUBLIC_API_URL").unwrap_or_default(),
+            suno: secret("SUNO_API_KEY", "SUNO_API_KEY_PARAMETER").map(|key| {
+                let base = var("SUNO_BASE_URL").unwrap_or_else(|| "https://api.sunoapi.org".into());
+                (base, key)
+            }),
+            kling: secret("KLING_API_KEY", "KLING_API_KEY_PARAMETER").map(|key| {
+                let base = var("KLING_BASE_URL")
+                    .unwrap_or_else(|| "https://api-singapore.klingai.com".into());
+                (base, key)
+            }),
+            job_policy,
         })
     }
 }
@@ -139,11 +174,14 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-async fn openai_key(
+async fn secret_value(
     sdk: &aws_config::SdkConfig,
     source: &SecretSource,
 ) -> Result<String, StartupError> {
     match source {
+        SecretSource::Unset => Err(StartupError(
+            "a secret this function needs is not set (see the README's AWS configuration)".into(),
+        )),
         SecretSource::Value(key) => Ok(key.clone()),
         SecretSource::SsmParameter(name) => aws_sdk_ssm::Client::new(sdk)
             .get_parameter()
@@ -163,15 +201,50 @@ async fn openai_key(
     }
 }
 
-/// The store, object storage and any extra routes (the embedded object server) of a backend.
-type Parts = (Arc<dyn Store>, Arc<dyn ObjectStore>, Router);
+/// The store, object storage, any extra routes (the embedded object server) and the embedded
+/// job queue of a backend.
+type Parts = (
+    Arc<dyn Store>,
+    Arc<dyn ObjectStore>,
+    Router,
+    Option<Arc<dyn JobQueue>>,
+);
 
 /// Builds the function's application: clients, store, objects, provider, service, routes.
 pub async fn app(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
-    media: MediaType,
+    function: Function,
 ) -> Result<Router, StartupError> {
+    let (service, extra) = service(config, sdk, function).await?;
+    let state = AppState {
+        service,
+        url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
+    };
+    Ok(function_router(state, function).merge(extra))
+}
+
+/// The OpenAI key, required only by the functions that speak to OpenAI.
+async fn openai_key(
+    config: &LambdaConfig,
+    sdk: &aws_config::SdkConfig,
+    function: Function,
+) -> Result<String, StartupError> {
+    match (&config.openai_api_key, function) {
+        (SecretSource::Unset, Function::Tts | Function::Image) => Err(StartupError(
+            "set OPENAI_API_KEY_PARAMETER (an SSM SecureString name) or OPENAI_API_KEY".into(),
+        )),
+        (SecretSource::Unset, _) => Ok(String::new()),
+        (source, _) => secret_value(sdk, source).await,
+    }
+}
+
+/// The service of `function` (the completion function passes `Function::Jobs`' needs and more).
+pub async fn service(
+    config: &LambdaConfig,
+    sdk: &aws_config::SdkConfig,
+    function: Function,
+) -> Result<(Arc<MediaService>, Router), StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let pricing = match &config.pricing_toml {
         Some(text) => PriceTable::from_toml(text).map_err(|e| StartupError(e.to_string()))?,
@@ -183,12 +256,12 @@ pub async fn app(
             max_retries: 1,
             ..OpenAiConfig::new(
                 &config.openai_base_url,
-                openai_key(sdk, &config.openai_api_key).await?,
+                openai_key(config, sdk, function).await?,
             )
         })
         .map_err(|e| StartupError(e.to_string()))?,
     );
-    let (store, objects, extra): Parts = match &config.backend {
+    let (store, objects, extra, queue): Parts = match &config.backend {
         Backend::Aws { table, bucket } => {
             let objects =
                 S3ObjectStore::new(s3_client(sdk), bucket, config.public_base_url.clone());
@@ -197,30 +270,80 @@ pub async fn app(
                 table,
                 objects.location_prefix(),
             );
-            (Arc::new(store), Arc::new(objects), Router::new())
+            let queue = config.jobs_queue_url.as_ref().map(|url| {
+                Arc::new(SqsJobQueue::new(aws_sdk_sqs::Client::new(sdk), url)) as Arc<dyn JobQueue>
+            });
+            (Arc::new(store), Arc::new(objects), Router::new(), queue)
         }
-        Backend::Embedded { data_dir } => embedded(config, data_dir, media, Arc::clone(&clock))?,
+        Backend::Embedded { data_dir } => embedded(config, data_dir, function, Arc::clone(&clock))?,
     };
-    let service = Arc::new(MediaService::new(
-        store,
-        objects,
-        openai.clone(),
-        openai,
-        pricing,
-        clock,
-    ));
-    let state = AppState {
-        service,
-        url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
+    let mut service = MediaService::new(store, objects, openai.clone(), openai, pricing, clock);
+    if let Some(queue) = queue {
+        service = service.with_jobs(job_parts(config, sdk, queue).await?);
+    }
+    Ok((Arc::new(service), extra))
+}
+
+/// The queue, callback signer and long-task providers that music and video need.
+async fn job_parts(
+    config: &LambdaConfig,
+    sdk: &aws_config::SdkConfig,
+    queue: Arc<dyn JobQueue>,
+) -> Result<JobParts, StartupError> {
+    let err = |e: &dyn std::fmt::Display| StartupError(e.to_string());
+    let secret = match &config.callback_secret {
+        Some(source) => secret_value(sdk, source).await?,
+        None => {
+            return Err(StartupError(
+                "JOBS_QUEUE_URL needs CALLBACK_SECRET_PARAMETER or CALLBACK_SECRET".into(),
+            ));
+        }
     };
-    Ok(function_router(state, media).merge(extra))
+    let timeout = config.provider_timeout;
+    let music = match &config.suno {
+        Some((base, key)) => {
+            let suno = SunoClient::new(SunoConfig {
+                timeout,
+                ..SunoConfig::new(base, secret_value(sdk, key).await?)
+            })
+            .map_err(|e| err(&e))?;
+            Some(Arc::new(suno) as Arc<dyn crate::ports::MusicProvider>)
+        }
+        None => None,
+    };
+    let video = match &config.kling {
+        Some((base, key)) => {
+            let key = secret_value(sdk, key).await?;
+            let auth = match key.split_once(':') {
+                Some((access_key, secret_key)) => KlingAuth::AccessKey {
+                    access_key: access_key.to_owned(),
+                    secret_key: secret_key.to_owned(),
+                },
+                None => KlingAuth::ApiKey(key),
+            };
+            let kling = KlingClient::new(KlingConfig {
+                timeout,
+                ..KlingConfig::new(base, auth)
+            })
+            .map_err(|e| err(&e))?;
+            Some(Arc::new(kling) as Arc<dyn crate::ports::VideoProvider>)
+        }
+        None => None,
+    };
+    Ok(JobParts {
+        queue,
+        callbacks: CallbackSigner::new(secret.into_bytes(), &config.public_api_url),
+        policy: config.job_policy,
+        music,
+        video,
+    })
 }
 
 #[cfg(feature = "embedded")]
 fn embedded(
     config: &LambdaConfig,
     data_dir: &std::path::Path,
-    media: MediaType,
+    function: Function,
     clock: Arc<dyn Clock>,
 ) -> Result<Parts, StartupError> {
     use crate::adapters::fs_objects::{FsObjectStore, UrlSigner};
@@ -233,17 +356,18 @@ fn embedded(
     let base = config
         .public_base_url
         .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:9000/lambda-url/{media}"));
+        .unwrap_or_else(|| format!("http://127.0.0.1:9000/lambda-url/{}", function.name()));
     let objects = FsObjectStore::new(data_dir.join("objects"), &base, signer);
     let route = crate::http::objects::objects_router(objects.clone(), clock);
-    Ok((Arc::new(store), Arc::new(objects), route))
+    let queue = Arc::new(store.clone()) as Arc<dyn JobQueue>;
+    Ok((Arc::new(store), Arc::new(objects), route, Some(queue)))
 }
 
 #[cfg(not(feature = "embedded"))]
 fn embedded(
     _config: &LambdaConfig,
     _data_dir: &std::path::Path,
-    _media: MediaType,
+    _function: Function,
     _clock: Arc<dyn Clock>,
 ) -> Result<Parts, StartupError> {
     Err(StartupError(
@@ -267,13 +391,56 @@ fn init_logging() {
         .init();
 }
 
-/// Runs a media function: reads the environment, builds everything once, serves events.
-pub async fn run(media: MediaType) -> Result<(), lambda_http::Error> {
+/// Runs an HTTP function: reads the environment, builds everything once, serves events.
+pub async fn run(function: Function) -> Result<(), lambda_http::Error> {
     init_logging();
     let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
     let sdk = sdk_config().await;
-    let app = app(&config, &sdk, media).await?;
+    let app = app(&config, &sdk, function).await?;
     lambda_http::run(app).await
+}
+
+/// The completion step over one SQS batch: every message through `MediaService::process_job`;
+/// those that failed are reported so SQS delivers only them again.
+pub async fn complete_batch(service: &MediaService, event: SqsEvent) -> SqsBatchResponse {
+    let mut failures = Vec::new();
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let message: JobMessage = match serde_json::from_str(record.body.as_deref().unwrap_or("")) {
+            Ok(message) => message,
+            Err(e) => {
+                // Retrying cannot make it readable: drop it, loudly.
+                tracing::error!(message_id = %id, error = %e, "unreadable job message dropped");
+                continue;
+            }
+        };
+        if let Err(e) = service.process_job(&message).await {
+            tracing::warn!(message_id = %id, job_id = %message.job_id, error = %e, "job message failed; SQS will deliver it again");
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failures.push(failure);
+        }
+    }
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = failures;
+    response
+}
+
+/// Runs the completion function: an SQS consumer reporting partial batch failures.
+pub async fn run_completion() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
+    let sdk = sdk_config().await;
+    let (service, _) = service(&config, &sdk, Function::Jobs).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
+            let service = Arc::clone(&service);
+            async move {
+                Ok::<_, lambda_runtime::Error>(complete_batch(&service, event.payload).await)
+            }
+        },
+    ))
+    .await
 }
 
 #[cfg(test)]
@@ -315,8 +482,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_reported_by_name() {
-        let no_key = config(&[("TABLE_NAME", "t"), ("BUCKET_NAME", "b")]).unwrap_err();
-        assert!(no_key.0.contains("OPENAI_API_KEY_PARAMETER"));
+        let no_key = config(&[("TABLE_NAME", "t"), ("BUCKET_NAME", "b")]).unwrap();
+        assert_eq!(no_key.openai_api_key, SecretSource::Unset);
         let bad_ttl = config(&[
             ("MEDIA_STORE", "embedded"),
             ("OPENAI_API_KEY", "k"),

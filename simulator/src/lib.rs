@@ -3,6 +3,7 @@
 
 pub mod media;
 mod openai;
+mod tasks;
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -22,6 +23,26 @@ pub enum Endpoint {
     Speech,
     /// `POST /v1/images/generations`.
     Images,
+    /// Suno `POST /api/v1/generate`.
+    SunoGenerate,
+    /// Suno `GET /api/v1/generate/record-info`.
+    SunoRecordInfo,
+    /// Kling `POST /v1/videos/{text2video,image2video}`.
+    KlingCreate,
+    /// Kling `GET /v1/videos/{kind}/{task_id}`.
+    KlingQuery,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Speech,
+        Endpoint::Images,
+        Endpoint::SunoGenerate,
+        Endpoint::SunoRecordInfo,
+        Endpoint::KlingCreate,
+        Endpoint::KlingQuery,
+    ];
 }
 
 /// A failure to inject.
@@ -47,8 +68,26 @@ pub enum FaultKind {
     },
     /// 400 `content_policy_violation`.
     ContentPolicy,
-    /// Images: answer with a URL that has already expired.
+    /// Images: answer with a URL that has already expired; Suno and Kling: results whose URLs
+    /// answer 404.
     ExpiredUrl,
+    /// Suno or Kling: answer with this HTTP status and the provider's own error `code`.
+    ProviderCode {
+        /// HTTP status.
+        status: u16,
+        /// Suno's or Kling's `code`.
+        code: i64,
+    },
+    /// Suno or Kling, on task creation: the task is accepted but ends failed (Suno `status`, e.g.
+    /// GENERATE_AUDIO_FAILED or SENSITIVE_WORD_ERROR; Kling `failed`).
+    TaskFailed {
+        /// Suno's failure status (ignored by Kling).
+        #[serde(default)]
+        status: Option<String>,
+        /// The provider's message.
+        #[serde(default)]
+        message: Option<String>,
+    },
 }
 
 /// A fault for the next `times` calls to `endpoint` (all endpoints when None).
@@ -74,6 +113,12 @@ pub struct SimConfig {
     pub image_latency: Duration,
     /// When set, requests must carry `Authorization: Bearer <this>`.
     pub api_key: Option<String>,
+    /// How long a Suno or Kling task takes to finish.
+    pub task_duration: Duration,
+    /// Call tasks' callback URLs when they finish.
+    pub callbacks: bool,
+    /// When set, Kling bearers must be HS256 JWTs signed with this secret (else any bearer).
+    pub kling_secret: Option<String>,
 }
 
 /// The simulator's shared state.
@@ -83,6 +128,7 @@ pub struct SimState {
     calls: HashMap<Endpoint, AtomicU64>,
     faults: Mutex<Vec<FaultRule>>,
     files: Mutex<HashMap<String, openai::StoredFile>>,
+    tasks: Mutex<HashMap<String, tasks::SimTask>>,
     base_url: Mutex<String>,
 }
 
@@ -91,7 +137,7 @@ impl SimState {
     pub fn new(config: SimConfig) -> Self {
         Self {
             config,
-            calls: [Endpoint::Speech, Endpoint::Images]
+            calls: Endpoint::ALL
                 .into_iter()
                 .map(|e| (e, AtomicU64::new(0)))
                 .collect(),
@@ -154,29 +200,30 @@ impl SimState {
     }
 }
 
-#[derive(Serialize)]
-struct Calls {
-    speech: u64,
-    images: u64,
-}
-
 /// The simulator's routes: the OpenAI endpoints and `/_sim/*` controls.
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/v1/audio/speech", post(openai::speech))
         .route("/v1/images/generations", post(openai::images))
         .route("/files/{id}", get(openai::file))
+        .route("/api/v1/generate", post(tasks::suno_generate))
+        .route("/api/v1/generate/record-info", get(tasks::suno_record_info))
+        .route("/v1/videos/{kind}", post(tasks::kling_create))
+        .route("/v1/videos/{kind}/{id}", get(tasks::kling_query))
+        .route("/results/{id}", get(tasks::result))
         .route("/_sim/calls", get(calls))
         .route("/_sim/faults", post(add_fault).delete(clear_faults))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
-async fn calls(State(state): State<Arc<SimState>>) -> Json<Calls> {
-    Json(Calls {
-        speech: state.calls(Endpoint::Speech),
-        images: state.calls(Endpoint::Images),
-    })
+async fn calls(State(state): State<Arc<SimState>>) -> Json<HashMap<Endpoint, u64>> {
+    Json(
+        Endpoint::ALL
+            .into_iter()
+            .map(|e| (e, state.calls(e)))
+            .collect(),
+    )
 }
 
 async fn add_fault(

@@ -5,7 +5,8 @@ use provider_sim::{FaultKind, FaultRule, SimConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Serves OpenAI-compatible speech and image endpoints with real media bytes on loopback.
+/// Serves OpenAI's speech and image, Suno's music and Kling's video APIs with real media bytes on
+/// loopback.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
@@ -21,6 +22,15 @@ struct Args {
     /// Require this bearer key (any non-empty key is accepted otherwise).
     #[arg(long, env = "SIM_API_KEY")]
     api_key: Option<String>,
+    /// How long a Suno or Kling task takes, in milliseconds.
+    #[arg(long, env = "SIM_TASK_DURATION_MS", default_value_t = 3000)]
+    task_duration_ms: u64,
+    /// Do not call tasks' callback URLs.
+    #[arg(long, env = "SIM_NO_CALLBACKS")]
+    no_callbacks: bool,
+    /// Require Kling bearers to be HS256 JWTs signed with this secret key.
+    #[arg(long, env = "SIM_KLING_SECRET")]
+    kling_secret: Option<String>,
     /// Fail every call with this HTTP status (429 rate limit, 5xx); change at run time with
     /// `POST /_sim/faults`.
     #[arg(long, env = "SIM_FAIL_STATUS")]
@@ -35,6 +45,9 @@ async fn main() -> std::io::Result<()> {
         speech_latency: Duration::from_millis(args.speech_latency_ms),
         image_latency: Duration::from_millis(args.image_latency_ms),
         api_key: args.api_key,
+        task_duration: Duration::from_millis(args.task_duration_ms),
+        callbacks: !args.no_callbacks,
+        kling_secret: args.kling_secret,
     };
     let sim = provider_sim::spawn(config, args.addr).await?;
     if let Some(status) = args.fail_status {

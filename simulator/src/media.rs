@@ -321,6 +321,109 @@ pub fn webp(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A small, valid H.264 MP4 (baseline, lossless I_PCM frames, 64x64 at 2 fps) whose colour
+/// moves with `seed` and time: `seconds` long.
+pub fn mp4(seed: &[u8; 32], seconds: u32) -> Result<Vec<u8>, String> {
+    use less_avc::ycbcr_image::{DataPlane, Planes, YCbCrImage};
+    use less_avc::{BitDepth, LessEncoder};
+    const SIDE: u32 = 64;
+    const FPS: u32 = 2;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let frames = (seconds.max(1) * FPS) as usize;
+    let luma_len = (SIDE * SIDE) as usize;
+    let chroma_len = luma_len / 4;
+    let frame_planes = |i: usize| {
+        let shift = (i * 255 / frames) as u8;
+        let y: Vec<u8> = (0..luma_len)
+            .map(|p| {
+                seed[p % 32]
+                    .wrapping_add((p % SIDE as usize) as u8)
+                    .wrapping_add(shift)
+            })
+            .collect();
+        (
+            y,
+            vec![seed[1]; chroma_len],
+            vec![seed[2].wrapping_add(shift); chroma_len],
+        )
+    };
+    let first = frame_planes(0);
+    fn plane(data: &[u8], stride: usize) -> DataPlane<'_> {
+        DataPlane {
+            data,
+            stride,
+            bit_depth: BitDepth::Depth8,
+        }
+    }
+    fn to_image(p: &(Vec<u8>, Vec<u8>, Vec<u8>)) -> YCbCrImage<'_> {
+        YCbCrImage {
+            planes: Planes::YCbCr((
+                plane(&p.0, SIDE as usize),
+                plane(&p.1, SIDE as usize / 2),
+                plane(&p.2, SIDE as usize / 2),
+            )),
+            width: SIDE,
+            height: SIDE,
+        }
+    }
+    let (initial, mut encoder) = LessEncoder::new(&to_image(&first)).map_err(|e| err(&e))?;
+    let sps = initial.sps.to_nal_unit();
+    let pps = initial.pps.to_nal_unit();
+    let mut samples = vec![initial.frame.to_nal_unit()];
+    for i in 1..frames {
+        let nal = encoder
+            .encode(&to_image(&frame_planes(i)))
+            .map_err(|e| err(&e))?;
+        samples.push(nal.to_nal_unit());
+    }
+
+    let config = mp4::Mp4Config {
+        major_brand: str::parse("isom").map_err(|e| err(&e))?,
+        minor_version: 512,
+        compatible_brands: ["isom", "iso2", "avc1", "mp41"]
+            .iter()
+            .map(|b| str::parse(b))
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(&e))?,
+        timescale: 1000,
+    };
+    let mut writer = mp4::Mp4Writer::write_start(std::io::Cursor::new(Vec::new()), &config)
+        .map_err(|e| err(&e))?;
+    writer
+        .add_track(&mp4::TrackConfig {
+            track_type: mp4::TrackType::Video,
+            timescale: 1000,
+            language: "und".into(),
+            media_conf: mp4::MediaConfig::AvcConfig(mp4::AvcConfig {
+                width: SIDE as u16,
+                height: SIDE as u16,
+                seq_param_set: sps,
+                pic_param_set: pps,
+            }),
+        })
+        .map_err(|e| err(&e))?;
+    let frame_ms = 1000 / FPS;
+    for (i, nal) in samples.into_iter().enumerate() {
+        // MP4 samples carry NAL units with a 4-byte length, not Annex B start codes.
+        let mut bytes = (nal.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&nal);
+        writer
+            .write_sample(
+                1,
+                &mp4::Mp4Sample {
+                    start_time: (i as u64) * u64::from(frame_ms),
+                    duration: frame_ms,
+                    rendering_offset: 0,
+                    is_sync: true,
+                    bytes: bytes.into(),
+                },
+            )
+            .map_err(|e| err(&e))?;
+    }
+    writer.write_end().map_err(|e| err(&e))?;
+    Ok(writer.into_writer().into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -142,7 +142,15 @@ async fn apply_fault(fault: &Option<FaultKind>) -> Option<Response> {
             Some("prompt"),
             "Your request was rejected as a result of our safety system.",
         )),
-        FaultKind::ExpiredUrl => None,
+        FaultKind::ProviderCode { status, .. } => Some(error(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "server_error",
+            None,
+            None,
+            "Injected provider error.",
+        )),
+        // Task faults concern Suno and Kling only.
+        FaultKind::ExpiredUrl | FaultKind::TaskFailed { .. } => None,
     }
 }
 

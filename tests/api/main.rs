@@ -5,3 +5,4 @@ mod cache;
 mod compat;
 mod credits;
 mod errors;
+mod jobs;

@@ -2,7 +2,7 @@
 //! runtime parses it and answered by the function's application on the emulator.
 
 use crate::support::{lambda_config, sdk, simulator};
-use media_cache::domain::MediaType;
+use media_cache::lambda::Function;
 use media_cache::service::accounts::create_user_with_key;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -11,14 +11,14 @@ use tower::ServiceExt;
 const EVENTS_KEY: &str = "mc_sample_events_key";
 
 /// What each event must get: its function and status.
-fn expectation(file: &str) -> (MediaType, u16) {
+fn expectation(file: &str) -> (Function, u16) {
     match file {
-        "tts-valid.json" => (MediaType::Tts, 200),
-        "tts-bad-request.json" => (MediaType::Tts, 422),
-        "tts-unauthenticated.json" => (MediaType::Tts, 401),
-        "image-valid.json" => (MediaType::Image, 200),
-        "image-bad-request.json" => (MediaType::Image, 422),
-        "image-unauthenticated.json" => (MediaType::Image, 401),
+        "tts-valid.json" => (Function::Tts, 200),
+        "tts-bad-request.json" => (Function::Tts, 422),
+        "tts-unauthenticated.json" => (Function::Tts, 401),
+        "image-valid.json" => (Function::Image, 200),
+        "image-bad-request.json" => (Function::Image, 422),
+        "image-unauthenticated.json" => (Function::Image, 401),
         other => panic!("events/{other} has no expectation here: add one"),
     }
 }
@@ -91,7 +91,7 @@ async fn a_function_runs_on_the_embedded_store_for_cargo_lambda_watch() {
     create_user_with_key(&store, 100, EVENTS_KEY.into(), chrono::Utc::now())
         .await
         .unwrap();
-    let app = media_cache::lambda::app(&config, &sdk, MediaType::Tts)
+    let app = media_cache::lambda::app(&config, &sdk, Function::Tts)
         .await
         .unwrap();
     let text = std::fs::read_to_string(concat!(

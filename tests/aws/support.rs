@@ -7,7 +7,7 @@ use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorC
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
-use media_cache::domain::MediaType;
+use media_cache::lambda::Function;
 use media_cache::lambda::{Backend, LambdaConfig, SecretSource};
 use provider_sim::{SimConfig, SimHandle};
 use std::sync::{Arc, Mutex};
@@ -46,12 +46,18 @@ pub fn lambda_config(sim: &SimHandle) -> LambdaConfig {
         url_ttl: Duration::from_secs(600),
         provider_timeout: Duration::from_secs(10),
         pricing_toml: None,
+        jobs_queue_url: None,
+        callback_secret: None,
+        public_api_url: String::new(),
+        suno: None,
+        kling: None,
+        job_policy: Default::default(),
     }
 }
 
 /// A function's application served on a loopback port: its base URL.
-pub async fn serve_function(sim: &SimHandle, media: MediaType) -> String {
-    let app = media_cache::lambda::app(&lambda_config(sim), &sdk().await, media)
+pub async fn serve_function(sim: &SimHandle, function: Function) -> String {
+    let app = media_cache::lambda::app(&lambda_config(sim), &sdk().await, function)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

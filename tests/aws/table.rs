@@ -5,7 +5,7 @@ use media_cache::adapters::dynamodb::DynamoStore;
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::s3_objects::S3ObjectStore;
 use media_cache::clock::SystemClock;
-use media_cache::domain::{LedgerReason, MediaType, PriceTable, TtsRequest};
+use media_cache::domain::{LedgerReason, PriceTable, TtsRequest};
 use media_cache::ports::AccountStore;
 use media_cache::service::accounts::{create_user, generate_request_id};
 use media_cache::service::{CacheOutcome, CallContext, MediaRequest, MediaService};
@@ -23,7 +23,7 @@ fn dynamo(sdk: &aws_config::SdkConfig) -> DynamoStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_concurrent_hits_on_fifty_credits_succeed_fifty_times() {
     let sim = simulator().await;
-    let base = serve_function(&sim, MediaType::Tts).await;
+    let base = serve_function(&sim, media_cache::lambda::Function::Tts).await;
     let sdk = sdk().await;
     let store = dynamo(&sdk);
     let http = reqwest::Client::new();
@@ -110,11 +110,21 @@ async fn a_warm_hit_is_one_batch_read_and_one_transaction() {
         request_id: generate_request_id(),
         ..Default::default()
     };
-    let miss = service.generate(&call(), &request).await.unwrap();
+    let miss = service
+        .generate(&call(), &request)
+        .await
+        .unwrap()
+        .ready()
+        .unwrap();
     assert_eq!(miss.outcome, CacheOutcome::Miss);
 
     log.clear();
-    let hit = service.generate(&call(), &request).await.unwrap();
+    let hit = service
+        .generate(&call(), &request)
+        .await
+        .unwrap()
+        .ready()
+        .unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
     assert_eq!(log.calls(), vec!["BatchGetItem", "TransactWriteItems"]);
     assert_eq!(hit.credits_remaining, 100 - miss.credits_charged - 1);
@@ -167,7 +177,7 @@ fn assert_types(item: &serde_json::Map<String, Value>, expected: &[(&str, &str)]
 #[tokio::test]
 async fn items_have_the_names_and_types_of_the_data_model() {
     let sim = simulator().await;
-    let base = serve_function(&sim, MediaType::Tts).await;
+    let base = serve_function(&sim, media_cache::lambda::Function::Tts).await;
     let store = dynamo(&sdk().await);
     let user = create_user(&store, 20, chrono::Utc::now()).await.unwrap();
     let answer: Value = reqwest::Client::new()

@@ -60,6 +60,13 @@ pub fn test_config(dir: &TempDir) -> ServeConfig {
         provider_timeout: Duration::from_secs(10),
         provider_retries: 2,
         provider_backoff: Duration::from_millis(5),
+        sim_task_duration: Duration::from_millis(300),
+        job_policy: media_cache::service::JobPolicy {
+            first_poll: Duration::from_millis(100),
+            max_poll_delay: Duration::from_millis(200),
+            timeout: Duration::from_secs(1800),
+        },
+        worker_idle: Duration::from_millis(20),
         ..ServeConfig::default()
     }
 }
@@ -178,6 +185,27 @@ impl TestApp {
             .unwrap_or("")
             .to_owned();
         (status, resp.bytes().await.unwrap().to_vec(), ct)
+    }
+}
+
+impl TestApp {
+    /// Polls the user's job until it is completed or failed (at most 30 s) and returns it.
+    pub async fn wait_job(&self, user: &NewUser, job_id: &str) -> Answer {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = self
+                .get(&format!("/api/v1/media/jobs/{job_id}"), Some(&user.api_key))
+                .await;
+            let status = job.json["status"].as_str().unwrap_or_default();
+            if job.status != 200 || status == "completed" || status == "failed" {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {job_id} still {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The image Lambda function: the API's image route behind API Gateway, on DynamoDB and S3.
 
-use media_cache::domain::MediaType;
+use media_cache::lambda::Function;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    media_cache::lambda::run(MediaType::Image).await
+    media_cache::lambda::run(Function::Image).await
 }

@@ -1,8 +1,8 @@
 //! The tts Lambda function: the API's tts route behind API Gateway, on DynamoDB and S3.
 
-use media_cache::domain::MediaType;
+use media_cache::lambda::Function;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    media_cache::lambda::run(MediaType::Tts).await
+    media_cache::lambda::run(Function::Tts).await
 }

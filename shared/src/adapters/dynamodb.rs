@@ -4,11 +4,12 @@
 
 use crate::domain::{
     Account, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE,
-    IDEMPOTENCY_TTL, IdempotencyClaim, LedgerLine, LedgerReason, Refund,
+    IDEMPOTENCY_TTL, IdempotencyClaim, Job, JobFailure, JobStatus, LedgerLine, LedgerReason,
+    MediaType, Refund,
 };
 use crate::ports::{
-    AccountStore, CacheStore, ChargeError, CreditStore, IdempotencyStore, Lookup, LookupStore,
-    StoreError,
+    AccountStore, CacheStore, ChargeError, CreditStore, IdempotencyStore, JobStart, JobStore,
+    Lookup, LookupStore, StoreError,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -16,8 +17,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure, Select,
-    TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put,
+    ReturnValuesOnConditionCheckFailure, Select, TransactWriteItem, Update,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;
@@ -195,6 +196,12 @@ impl DynamoStore {
         item.insert("request_params".into(), s(&e.request_params));
         item.insert("status".into(), s(e.status.as_str()));
         item.insert("content_type".into(), s(&e.content_type));
+        if let Some(job) = &e.job_id {
+            item.insert("job_id".into(), s(job));
+        }
+        if let Some(lease) = e.lease_until {
+            item.insert("lease_until".into(), n(lease.timestamp()));
+        }
         item
     }
 
@@ -230,6 +237,8 @@ impl DynamoStore {
             hit_count: get_n(item, "hit_count").unwrap_or(0),
             expires_at: DateTime::from_timestamp(get_n(item, "ttl")?, 0)?,
             request_params,
+            job_id: get_s(item, "job_id").map(str::to_owned),
+            lease_until: get_n(item, "lease_until").and_then(|t| DateTime::from_timestamp(t, 0)),
         })
     }
 
@@ -262,6 +271,35 @@ impl DynamoStore {
         exact: Option<u64>,
         count_hit: bool,
     ) -> Result<(), TransactFailure> {
+        let mut items = self
+            .charge_items(c, exact)
+            .map_err(TransactFailure::Store)?;
+        if count_hit {
+            items.push(
+                TransactWriteItem::builder()
+                    .update(
+                        Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(key(c.cache_key.to_string(), "RESULT")))
+                            .update_expression("ADD hit_count :one")
+                            .condition_expression("attribute_exists(PK)")
+                            .expression_attribute_values(":one", n(1))
+                            .build()
+                            .map_err(|e| TransactFailure::Store(build_err(e)))?,
+                    )
+                    .build(),
+            );
+        }
+        transact(&self.client, items).await
+    }
+
+    /// The debit (balance condition first) and the ledger put of a charge: items 0 and 1 of its
+    /// transaction. `exact` makes the condition `= seen` so the new balance is known.
+    fn charge_items(
+        &self,
+        c: &Charge,
+        exact: Option<u64>,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let cache_key = c.cache_key.to_string();
         let mut debit = Update::builder()
             .table_name(&self.table)
@@ -277,13 +315,9 @@ impl DynamoStore {
                 .expression_attribute_values(":seen", n(seen)),
             None => debit.condition_expression("credits_remaining >= :a"),
         };
-        let mut items = vec![
+        Ok(vec![
             TransactWriteItem::builder()
-                .update(
-                    debit
-                        .build()
-                        .map_err(|e| TransactFailure::Store(build_err(e)))?,
-                )
+                .update(debit.build().map_err(build_err)?)
                 .build(),
             self.put_new_item(ledger_item(
                 &c.user_id,
@@ -292,26 +326,20 @@ impl DynamoStore {
                 -(c.amount as i64),
                 c.reason,
                 Some(&cache_key),
-            ))
-            .map_err(TransactFailure::Store)?,
-        ];
-        if count_hit {
-            items.push(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(key(cache_key, "RESULT")))
-                            .update_expression("ADD hit_count :one")
-                            .condition_expression("attribute_exists(PK)")
-                            .expression_attribute_values(":one", n(1))
-                            .build()
-                            .map_err(|e| TransactFailure::Store(build_err(e)))?,
-                    )
-                    .build(),
-            );
+            ))?,
+        ])
+    }
+
+    /// Why a charge's debit (item 0) did not hold: the balance, or the user is gone.
+    async fn debit_refused(&self, c: &Charge) -> ChargeError {
+        match self.balance(&c.user_id).await {
+            Ok(None) => ChargeError::UnknownUser,
+            Ok(Some(available)) => ChargeError::InsufficientCredits {
+                available,
+                required: c.amount,
+            },
+            Err(e) => e.into(),
         }
-        transact(&self.client, items).await
     }
 }
 
@@ -787,5 +815,349 @@ impl AccountStore for DynamoStore {
                 None => return Ok(count),
             }
         }
+    }
+}
+
+fn job_key(job_id: &str) -> Item {
+    key(format!("JOB#{job_id}"), "METADATA")
+}
+
+fn job_item(j: &Job) -> Item {
+    let mut item = job_key(&j.id);
+    item.insert("owner".into(), s(&j.owner));
+    item.insert("media_type".into(), s(j.media_type.as_str()));
+    item.insert("cache_key".into(), s(j.cache_key.to_string()));
+    if let Some(leader) = &j.leader {
+        item.insert("leader".into(), s(leader));
+    }
+    item.insert("request_id".into(), s(&j.request_id));
+    item.insert("credits_charged".into(), n(j.credits_charged));
+    item.insert("provider".into(), s(&j.provider));
+    item.insert("model".into(), s(&j.model));
+    if let Some(task) = &j.provider_task {
+        item.insert("provider_task".into(), s(task));
+    }
+    item.insert("status".into(), s(j.status.as_str()));
+    item.insert("attempts".into(), n(j.attempts));
+    item.insert(
+        "result_keys".into(),
+        AttributeValue::L(j.result_keys.iter().map(s).collect()),
+    );
+    item.insert("content_type".into(), s(&j.content_type));
+    if let Some(failure) = &j.failure {
+        item.insert("failure_code".into(), s(&failure.code));
+        item.insert("failure_message".into(), s(&failure.message));
+    }
+    item.insert("request_params".into(), s(&j.request_params));
+    item.insert("save_entry".into(), AttributeValue::Bool(j.save_entry));
+    item.insert("created_at".into(), s(iso(j.created_at)));
+    item.insert("updated_at".into(), s(iso(j.updated_at)));
+    item.insert("deadline".into(), s(iso(j.deadline)));
+    item.insert("ttl".into(), n(j.expires_at().timestamp()));
+    item
+}
+
+fn parse_job(item: &Item) -> Option<Job> {
+    let time = |name: &str| {
+        DateTime::parse_from_rfc3339(get_s(item, name)?)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let failure = match (get_s(item, "failure_code"), get_s(item, "failure_message")) {
+        (Some(code), message) => Some(JobFailure::new(code, message.unwrap_or_default())),
+        _ => None,
+    };
+    Some(Job {
+        id: get_s(item, "PK")?.strip_prefix("JOB#")?.to_owned(),
+        owner: get_s(item, "owner")?.to_owned(),
+        media_type: MediaType::parse(get_s(item, "media_type")?)?,
+        cache_key: CacheKey::parse(get_s(item, "cache_key")?)?,
+        leader: get_s(item, "leader").map(str::to_owned),
+        request_id: get_s(item, "request_id")?.to_owned(),
+        credits_charged: get_n(item, "credits_charged")?,
+        provider: get_s(item, "provider")?.to_owned(),
+        model: get_s(item, "model")?.to_owned(),
+        provider_task: get_s(item, "provider_task").map(str::to_owned),
+        status: JobStatus::parse(get_s(item, "status")?)?,
+        attempts: get_n(item, "attempts").unwrap_or(0),
+        result_keys: item
+            .get("result_keys")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| {
+                l.iter()
+                    .filter_map(|v| v.as_s().ok().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+        content_type: get_s(item, "content_type")?.to_owned(),
+        failure,
+        request_params: get_s(item, "request_params")?.to_owned(),
+        save_entry: item
+            .get("save_entry")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(true),
+        created_at: time("created_at")?,
+        updated_at: time("updated_at")?,
+        deadline: time("deadline")?,
+    })
+}
+
+/// The condition that a stored job is not finished.
+const JOB_OPEN: &str = "attribute_exists(PK) AND NOT (#status IN (:completed, :failed))";
+
+impl DynamoStore {
+    /// A put of `job` that holds only while the stored job is open.
+    fn put_open_job(&self, job: &Job) -> Result<Put, StoreError> {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(job_item(job)))
+            .condition_expression(JOB_OPEN)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":completed", s(JobStatus::Completed.as_str()))
+            .expression_attribute_values(":failed", s(JobStatus::Failed.as_str()))
+            .build()
+            .map_err(build_err)
+    }
+
+    async fn read_entry(&self, cache_key: &CacheKey) -> Result<Option<CacheEntry>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(cache_key.to_string(), "RESULT")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_err)?;
+        Ok(out.item.as_ref().and_then(|i| self.parse_entry(i)))
+    }
+}
+
+/// The condition of an entry that belongs to the pending job `:job`.
+const PENDING_ON_JOB: &str = "#status = :pending AND job_id = :job";
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn start_job(
+        &self,
+        job: &Job,
+        pending: &CacheEntry,
+        replace_ready: bool,
+        charge: &Charge,
+    ) -> Result<JobStart, ChargeError> {
+        let now = charge.at.timestamp();
+        let mut free = "attribute_not_exists(PK) OR #ttl <= :now \
+                        OR (#status = :pending AND lease_until <= :now)"
+            .to_owned();
+        if replace_ready {
+            free.push_str(" OR #status = :ready");
+        }
+        let entry = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(self.entry_item(pending)))
+            .condition_expression(free)
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let entry = if replace_ready {
+            entry.expression_attribute_values(":ready", s(EntryStatus::Ready.as_str()))
+        } else {
+            entry
+        };
+        let mut items = self.charge_items(charge, None)?;
+        items.push(self.put_new_item(job_item(job))?);
+        items.push(
+            TransactWriteItem::builder()
+                .put(entry.build().map_err(build_err)?)
+                .build(),
+        );
+        match transact(&self.client, items).await {
+            Ok(()) => Ok(JobStart::Started {
+                balance: self.balance(&charge.user_id).await?.unwrap_or(0),
+            }),
+            Err(TransactFailure::Condition { index: 0, .. }) => {
+                Err(self.debit_refused(charge).await)
+            }
+            Err(TransactFailure::Condition { index: 3, old }) => {
+                let entry = match old.as_ref().and_then(|i| self.parse_entry(i)) {
+                    Some(entry) => Some(entry),
+                    None => self.read_entry(&pending.cache_key).await?,
+                };
+                match entry {
+                    Some(entry) => Ok(JobStart::EntryTaken(Box::new(entry))),
+                    // Gone in between: the caller tries again.
+                    None => Err(StoreError("the cache entry changed; try again".into()).into()),
+                }
+            }
+            Err(TransactFailure::Condition { .. }) => Err(StoreError(format!(
+                "request {} already charged or job {} exists",
+                charge.request_id, job.id
+            ))
+            .into()),
+            Err(TransactFailure::Store(e)) => Err(e.into()),
+        }
+    }
+
+    async fn join_job(&self, job: &Job, charge: &Charge) -> Result<Option<u64>, ChargeError> {
+        let Some(leader) = &job.leader else {
+            return Err(StoreError("a joining job needs its leader".into()).into());
+        };
+        let mut link = key(format!("JOB#{leader}"), &format!("FOLLOWER#{}", job.id));
+        link.insert("job_id".into(), s(&job.id));
+        let still_pending = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job.cache_key.to_string(), "RESULT")))
+            .condition_expression(format!("{PENDING_ON_JOB} AND lease_until > :now"))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
+            .expression_attribute_values(":job", s(leader))
+            .expression_attribute_values(":now", n(charge.at.timestamp()))
+            .build()
+            .map_err(build_err)?;
+        let mut items = self.charge_items(charge, None)?;
+        items.push(self.put_new_item(job_item(job))?);
+        items.push(self.put_new_item(link)?);
+        items.push(
+            TransactWriteItem::builder()
+                .condition_check(still_pending)
+                .build(),
+        );
+        match transact(&self.client, items).await {
+            Ok(()) => Ok(Some(self.balance(&charge.user_id).await?.unwrap_or(0))),
+            Err(TransactFailure::Condition { index: 0, .. }) => {
+                Err(self.debit_refused(charge).await)
+            }
+            Err(TransactFailure::Condition { index: 4, .. }) => Ok(None),
+            Err(TransactFailure::Condition { .. }) => {
+                Err(StoreError(format!("request {} already charged", charge.request_id)).into())
+            }
+            Err(TransactFailure::Store(e)) => Err(e.into()),
+        }
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(job_key(job_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_err)?;
+        match out.item {
+            None => Ok(None),
+            Some(item) => parse_job(&item)
+                .map(Some)
+                .ok_or_else(|| StoreError(format!("unreadable job {job_id}"))),
+        }
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
+        let put = self.put_open_job(job)?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(put.item().clone()))
+            .condition_expression(JOB_OPEN)
+            .set_expression_attribute_names(put.expression_attribute_names().cloned())
+            .set_expression_attribute_values(put.expression_attribute_values().cloned())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
+        let entry_key = key(job.cache_key.to_string(), "RESULT");
+        let entry_item = match ready {
+            Some(entry) => TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(self.entry_item(entry)))
+                        .condition_expression(PENDING_ON_JOB)
+                        .expression_attribute_names("#status", "status")
+                        .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
+                        .expression_attribute_values(":job", s(&job.id))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+            None => TransactWriteItem::builder()
+                .delete(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(entry_key))
+                        .condition_expression(PENDING_ON_JOB)
+                        .expression_attribute_names("#status", "status")
+                        .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
+                        .expression_attribute_values(":job", s(&job.id))
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        };
+        let items = vec![
+            TransactWriteItem::builder()
+                .put(self.put_open_job(job)?)
+                .build(),
+            entry_item,
+        ];
+        match transact(&self.client, items).await {
+            Ok(()) => Ok(true),
+            Err(TransactFailure::Condition { index: 0, .. }) => Ok(false),
+            // The entry is no longer this job's (expired and taken over): finish the job alone.
+            Err(TransactFailure::Condition { .. }) => self.update_job(job).await,
+            Err(TransactFailure::Store(e)) => Err(e),
+        }
+    }
+
+    async fn followers(&self, leader_id: &str) -> Result<Vec<Job>, StoreError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("PK = :pk AND begins_with(SK, :follower)")
+                .expression_attribute_values(":pk", s(format!("JOB#{leader_id}")))
+                .expression_attribute_values(":follower", s("FOLLOWER#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(store_err)?;
+            ids.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| get_s(i, "job_id").map(str::to_owned)),
+            );
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(job) = self.job(&id).await? {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(jobs)
     }
 }

@@ -16,6 +16,11 @@ pub struct UrlSigner {
 }
 
 impl UrlSigner {
+    /// The secret, to derive other signatures from (each signs a message of its own shape).
+    pub fn key(&self) -> &[u8] {
+        &self.secret
+    }
+
     /// A signer with this secret (at least 32 bytes of randomness, kept private).
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
         Self {

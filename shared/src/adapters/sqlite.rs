@@ -3,11 +3,12 @@
 
 use crate::domain::{
     Account, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE,
-    IDEMPOTENCY_TTL, IdempotencyClaim, LedgerLine, LedgerReason, Refund,
+    IDEMPOTENCY_TTL, IdempotencyClaim, Job, JobFailure, JobMessage, JobStatus, LedgerLine,
+    LedgerReason, MediaType, Refund,
 };
 use crate::ports::{
-    AccountStore, CacheStore, ChargeError, CreditStore, IdempotencyStore, Lookup, LookupStore,
-    StoreError,
+    AccountStore, CacheStore, ChargeError, CreditStore, IdempotencyStore, JobQueue, JobStart,
+    JobStore, Lookup, LookupStore, QueueError, StoreError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -27,7 +28,9 @@ CREATE TABLE IF NOT EXISTS cache_entries (
     created_at TEXT NOT NULL,         -- ISO 8601
     hit_count INTEGER NOT NULL DEFAULT 0,
     ttl INTEGER NOT NULL,             -- epoch seconds
-    request_params TEXT NOT NULL      -- canonical JSON
+    request_params TEXT NOT NULL,     -- canonical JSON
+    job_id TEXT,                      -- while PENDING: the job producing it
+    lease_until INTEGER               -- while PENDING: epoch seconds
 );
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
@@ -61,8 +64,44 @@ CREATE TABLE IF NOT EXISTS idempotency (
     ttl INTEGER NOT NULL,
     PRIMARY KEY (user_id, key)
 );
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    leader TEXT,                      -- the job whose provider task this one joined
+    request_id TEXT NOT NULL,
+    credits_charged INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider_task TEXT,
+    status TEXT NOT NULL,             -- queued | processing | completed | failed
+    attempts INTEGER NOT NULL,
+    result_keys TEXT NOT NULL,        -- JSON array
+    content_type TEXT NOT NULL,
+    failure TEXT,                     -- JSON {code, message}
+    request_params TEXT NOT NULL,
+    save_entry INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    deadline TEXT NOT NULL,
+    ttl INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_leader ON jobs (leader) WHERE leader IS NOT NULL;
+-- The embedded stand-in for SQS: messages become visible at `visible_at` (ms), are hidden for a
+-- visibility timeout when received, and go dead after too many receives.
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue (dead, visible_at);
 ";
+
+/// Schema version 2 added jobs, the queue and the pending columns of cache entries.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The SQLite store. Cheap to clone; all clones share one connection.
 #[derive(Clone)]
@@ -111,7 +150,19 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(db_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if version == 1 {
+            conn.execute_batch(
+                "ALTER TABLE cache_entries ADD COLUMN job_id TEXT;
+                 ALTER TABLE cache_entries ADD COLUMN lease_until INTEGER;",
+            )
+            .map_err(db_err)?;
+        }
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(db_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -137,7 +188,7 @@ impl SqliteStore {
 fn read_entry(conn: &Connection, pk: &str) -> rusqlite::Result<Option<CacheEntry>> {
     conn.prepare_cached(
         "SELECT status, result_keys, content_type, provider, model, credits_used, created_at,
-                hit_count, ttl, request_params
+                hit_count, ttl, request_params, job_id, lease_until
          FROM cache_entries WHERE pk = ?1",
     )?
     .query_row([pk], |row| {
@@ -157,6 +208,8 @@ fn read_entry(conn: &Connection, pk: &str) -> rusqlite::Result<Option<CacheEntry
             hit_count: row.get::<_, i64>(7)? as u64,
             expires_at: from_epoch(row.get(8)?),
             request_params: row.get(9)?,
+            job_id: row.get(10)?,
+            lease_until: row.get::<_, Option<i64>>(11)?.map(from_epoch),
         })
     })
     .optional()
@@ -263,6 +316,32 @@ fn debit(tx: &rusqlite::Transaction<'_>, user_id: &str, amount: u64) -> Result<u
     }
 }
 
+/// The debit, its ledger line and the hit count of `c`, inside `tx`; returns the new balance.
+fn charge_in(tx: &rusqlite::Transaction<'_>, c: &Charge) -> Result<u64, ChargeError> {
+    let balance = debit(tx, &c.user_id, c.amount)?;
+    let key = c.cache_key.to_string();
+    let inserted = insert_ledger(
+        tx,
+        &c.user_id,
+        c.at,
+        &c.request_id,
+        -(c.amount as i64),
+        c.reason,
+        Some(&key),
+    )
+    .map_err(db_err)?;
+    if inserted == 0 {
+        // Same request charged twice: refuse rather than double-charge.
+        return Err(StoreError(format!("request {} already charged", c.request_id)).into());
+    }
+    if c.count_hit {
+        tx.prepare_cached("UPDATE cache_entries SET hit_count = hit_count + 1 WHERE pk = ?1")
+            .and_then(|mut stmt| stmt.execute([&key]))
+            .map_err(db_err)?;
+    }
+    Ok(balance)
+}
+
 #[async_trait]
 impl CreditStore for SqliteStore {
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
@@ -271,29 +350,7 @@ impl CreditStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let balance = debit(&tx, &c.user_id, c.amount)?;
-            let key = c.cache_key.to_string();
-            let inserted = insert_ledger(
-                &tx,
-                &c.user_id,
-                c.at,
-                &c.request_id,
-                -(c.amount as i64),
-                c.reason,
-                Some(&key),
-            )
-            .map_err(db_err)?;
-            if inserted == 0 {
-                // Same request charged twice: refuse rather than double-charge.
-                return Err(StoreError(format!("request {} already charged", c.request_id)).into());
-            }
-            if c.count_hit {
-                tx.prepare_cached(
-                    "UPDATE cache_entries SET hit_count = hit_count + 1 WHERE pk = ?1",
-                )
-                .and_then(|mut stmt| stmt.execute([&key]))
-                .map_err(db_err)?;
-            }
+            let balance = charge_in(&tx, &c)?;
             tx.commit().map_err(db_err)?;
             Ok(balance)
         })
@@ -336,34 +393,39 @@ impl CreditStore for SqliteStore {
     }
 }
 
+fn write_entry(conn: &Connection, e: &CacheEntry) -> rusqlite::Result<()> {
+    let keys = serde_json::to_string(&e.result_keys)
+        .map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO cache_entries (pk, status, result_keys, content_type,
+            provider, model, credits_used, created_at, hit_count, ttl, request_params, job_id,
+            lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        e.cache_key.to_string(),
+        e.status.as_str(),
+        keys,
+        e.content_type,
+        e.provider,
+        e.model,
+        e.credits_used as i64,
+        iso(e.created_at),
+        e.hit_count as i64,
+        e.expires_at.timestamp(),
+        e.request_params,
+        e.job_id,
+        e.lease_until.map(|t| t.timestamp()),
+    ])?;
+    Ok(())
+}
+
 #[async_trait]
 impl CacheStore for SqliteStore {
     async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError> {
         let e = entry.clone();
-        self.run(move |conn| {
-            let keys = serde_json::to_string(&e.result_keys).map_err(db_err)?;
-            conn.execute(
-                "INSERT OR REPLACE INTO cache_entries (pk, status, result_keys, content_type,
-                    provider, model, credits_used, created_at, hit_count, ttl, request_params)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    e.cache_key.to_string(),
-                    e.status.as_str(),
-                    keys,
-                    e.content_type,
-                    e.provider,
-                    e.model,
-                    e.credits_used as i64,
-                    iso(e.created_at),
-                    e.hit_count as i64,
-                    e.expires_at.timestamp(),
-                    e.request_params,
-                ],
-            )
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.run(move |conn| write_entry(conn, &e).map_err(db_err))
+            .await
     }
 }
 
@@ -580,5 +642,332 @@ impl AccountStore for SqliteStore {
                 .map_err(db_err)
         })
         .await
+    }
+}
+
+const JOB_COLUMNS: &str = "id, owner, media_type, cache_key, leader, request_id, credits_charged,
+    provider, model, provider_task, status, attempts, result_keys, content_type, failure,
+    request_params, save_entry, created_at, updated_at, deadline, ttl";
+
+fn write_job(conn: &Connection, j: &Job) -> rusqlite::Result<()> {
+    let to_sql = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(e.into());
+    let failure = j
+        .failure
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(to_sql)?;
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO jobs ({JOB_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+                 ?19, ?20, ?21)"
+    ))?
+    .execute(params![
+        j.id,
+        j.owner,
+        j.media_type.as_str(),
+        j.cache_key.to_string(),
+        j.leader,
+        j.request_id,
+        j.credits_charged as i64,
+        j.provider,
+        j.model,
+        j.provider_task,
+        j.status.as_str(),
+        j.attempts,
+        serde_json::to_string(&j.result_keys).map_err(to_sql)?,
+        j.content_type,
+        failure,
+        j.request_params,
+        j.save_entry,
+        iso(j.created_at),
+        iso(j.updated_at),
+        iso(j.deadline),
+        j.expires_at().timestamp(),
+    ])?;
+    Ok(())
+}
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let corrupt = || rusqlite::Error::InvalidQuery;
+    let text = |i: usize| row.get::<_, String>(i);
+    let failure: Option<String> = row.get(14)?;
+    Ok(Job {
+        id: text(0)?,
+        owner: text(1)?,
+        media_type: MediaType::parse(&text(2)?).ok_or_else(corrupt)?,
+        cache_key: CacheKey::parse(&text(3)?).ok_or_else(corrupt)?,
+        leader: row.get(4)?,
+        request_id: text(5)?,
+        credits_charged: row.get::<_, i64>(6)? as u64,
+        provider: text(7)?,
+        model: text(8)?,
+        provider_task: row.get(9)?,
+        status: JobStatus::parse(&text(10)?).ok_or_else(corrupt)?,
+        attempts: row.get(11)?,
+        result_keys: serde_json::from_str(&text(12)?).map_err(|_| corrupt())?,
+        content_type: text(13)?,
+        failure: failure
+            .map(|f| serde_json::from_str::<JobFailure>(&f))
+            .transpose()
+            .map_err(|_| corrupt())?,
+        request_params: text(15)?,
+        save_entry: row.get(16)?,
+        created_at: parse_iso(&text(17)?)?,
+        updated_at: parse_iso(&text(18)?)?,
+        deadline: parse_iso(&text(19)?)?,
+    })
+}
+
+fn read_job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_from_row)
+        .optional()
+}
+
+/// Whether the stored job `id` is still open (exists and not terminal).
+fn job_is_open(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    Ok(read_job(conn, id)?.is_some_and(|j| !j.status.is_terminal()))
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn start_job(
+        &self,
+        job: &Job,
+        pending: &CacheEntry,
+        replace_ready: bool,
+        charge: &Charge,
+    ) -> Result<JobStart, ChargeError> {
+        let (job, pending, charge) = (job.clone(), pending.clone(), charge.clone());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let now = job.created_at;
+            let pk = pending.cache_key.to_string();
+            // An unreadable entry is overwritten, like a missing one.
+            if let Some(existing) = read_entry(&tx, &pk).ok().flatten() {
+                let live = existing.joinable_job(now).is_some()
+                    || (!replace_ready && existing.is_servable(now));
+                if live {
+                    return Ok(JobStart::EntryTaken(Box::new(existing)));
+                }
+            }
+            let balance = charge_in(&tx, &charge)?;
+            write_job(&tx, &job).map_err(db_err)?;
+            write_entry(&tx, &pending).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(JobStart::Started { balance })
+        })
+        .await
+    }
+
+    async fn join_job(&self, job: &Job, charge: &Charge) -> Result<Option<u64>, ChargeError> {
+        let (job, charge) = (job.clone(), charge.clone());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let entry = read_entry(&tx, &job.cache_key.to_string()).map_err(db_err)?;
+            let still_pending = entry
+                .as_ref()
+                .and_then(|e| e.joinable_job(charge.at))
+                .is_some_and(|leader| Some(leader) == job.leader.as_deref());
+            if !still_pending {
+                return Ok(None);
+            }
+            let balance = charge_in(&tx, &charge)?;
+            write_job(&tx, &job).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(Some(balance))
+        })
+        .await
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        let id = job_id.to_owned();
+        self.run(move |conn| read_job(conn, &id).map_err(db_err))
+            .await
+    }
+
+    async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
+        let job = job.clone();
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            if !job_is_open(&tx, &job.id).map_err(db_err)? {
+                return Ok(false);
+            }
+            write_job(&tx, &job).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
+        let (job, ready) = (job.clone(), ready.cloned());
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            if !job_is_open(&tx, &job.id).map_err(db_err)? {
+                return Ok(false);
+            }
+            write_job(&tx, &job).map_err(db_err)?;
+            let pk = job.cache_key.to_string();
+            let ours = read_entry(&tx, &pk).ok().flatten().is_some_and(|e| {
+                e.status == EntryStatus::Pending && e.job_id.as_deref() == Some(&job.id)
+            });
+            if ours {
+                match &ready {
+                    Some(entry) => write_entry(&tx, entry).map_err(db_err)?,
+                    None => {
+                        tx.execute("DELETE FROM cache_entries WHERE pk = ?1", [&pk])
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn followers(&self, leader_id: &str) -> Result<Vec<Job>, StoreError> {
+        let leader = leader_id.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE leader = ?1 ORDER BY created_at, id"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt.query_map([&leader], job_from_row).map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+}
+
+/// A message received from the embedded queue, hidden from other receivers until it is deleted
+/// or its visibility timeout ends.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// Deletes it.
+    pub receipt: i64,
+    /// What it carries.
+    pub message: JobMessage,
+    /// How many times it has been received, this time included.
+    pub receive_count: u32,
+}
+
+fn epoch_ms() -> i64 {
+    // Queue timing is infrastructure time, like SQS's own: the wall clock, not the app's clock.
+    Utc::now().timestamp_millis()
+}
+
+impl SqliteStore {
+    /// Receives up to `max` visible messages, hiding each for `visibility`. A message received
+    /// more than `max_receives` times goes dead instead (the embedded dead-letter queue).
+    pub async fn receive_messages(
+        &self,
+        max: usize,
+        visibility: std::time::Duration,
+        max_receives: u32,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let now = epoch_ms();
+            tx.execute(
+                "UPDATE queue SET dead = 1 WHERE dead = 0 AND visible_at <= ?1 AND receive_count >= ?2",
+                params![now, max_receives],
+            )
+            .map_err(db_err)?;
+            let rows: Vec<(i64, String, u32)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE queue SET receive_count = receive_count + 1, visible_at = ?2
+                         WHERE id IN (SELECT id FROM queue WHERE dead = 0 AND visible_at <= ?1
+                                      ORDER BY visible_at, id LIMIT ?3)
+                         RETURNING id, body, receive_count",
+                    )
+                    .map_err(db_err)?;
+                let hidden_until = now + visibility.as_millis() as i64;
+                stmt.query_map(params![now, hidden_until, max as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db_err)?
+                .collect::<Result<_, _>>()
+                .map_err(db_err)?
+            };
+            tx.commit().map_err(db_err)?;
+            let mut received = Vec::with_capacity(rows.len());
+            for (receipt, body, receive_count) in rows {
+                match serde_json::from_str(&body) {
+                    Ok(message) => received.push(ReceivedMessage {
+                        receipt,
+                        message,
+                        receive_count,
+                    }),
+                    Err(e) => {
+                        tracing::error!(receipt, error = %e, "unreadable queue message dropped");
+                        conn.execute("UPDATE queue SET dead = 1 WHERE id = ?1", [receipt])
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+            Ok(received)
+        })
+        .await
+    }
+
+    /// Deletes a received message: its work is done.
+    pub async fn delete_message(&self, receipt: i64) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute("DELETE FROM queue WHERE id = ?1", [receipt])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Messages waiting (visible or delayed) and dead ones.
+    pub async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
+        self.run(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM queue",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl JobQueue for SqliteStore {
+    async fn send(
+        &self,
+        message: &JobMessage,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let body = serde_json::to_string(message).map_err(|e| QueueError(e.to_string()))?;
+        let visible_at =
+            epoch_ms() + delay.min(std::time::Duration::from_secs(900)).as_millis() as i64;
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO queue (body, visible_at) VALUES (?1, ?2)",
+                params![body, visible_at],
+            )
+            .map_err(db_err)?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| QueueError(e.0))
     }
 }

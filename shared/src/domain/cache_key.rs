@@ -16,6 +16,10 @@ pub enum MediaType {
     Tts,
     /// Image generation.
     Image,
+    /// Music generation (a long job).
+    Music,
+    /// Video generation (a long job).
+    Video,
 }
 
 impl MediaType {
@@ -24,6 +28,8 @@ impl MediaType {
         match self {
             MediaType::Tts => "tts",
             MediaType::Image => "image",
+            MediaType::Music => "music",
+            MediaType::Video => "video",
         }
     }
 
@@ -32,8 +38,17 @@ impl MediaType {
         match s {
             "tts" => Some(MediaType::Tts),
             "image" => Some(MediaType::Image),
+            "music" => Some(MediaType::Music),
+            "video" => Some(MediaType::Video),
             _ => None,
         }
+    }
+}
+
+impl MediaType {
+    /// Whether a miss answers at once (speech, images) or starts a long job (music, video).
+    pub fn is_async(self) -> bool {
+        matches!(self, MediaType::Music | MediaType::Video)
     }
 }
 

@@ -35,3 +35,19 @@ pub(crate) fn one_of(
         ))
     }
 }
+
+/// Checks that `value` is at most `max` characters long.
+pub(crate) fn at_most_chars(
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), ValidationError> {
+    let n = value.chars().count();
+    if n > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {max} characters (got {n})"),
+        ));
+    }
+    Ok(())
+}

@@ -23,6 +23,7 @@ pub fn extension_for(content_type: &str) -> &'static str {
         "image/png" => "png",
         "image/jpeg" => "jpeg",
         "image/webp" => "webp",
+        "video/mp4" => "mp4",
         _ => "bin",
     }
 }
@@ -39,6 +40,7 @@ pub fn content_type_for_key(key: &str) -> &'static str {
         Some("png") => "image/png",
         Some("jpeg") => "image/jpeg",
         Some("webp") => "image/webp",
+        Some("mp4") => "video/mp4",
         _ => "application/octet-stream",
     }
 }
@@ -59,6 +61,7 @@ mod tests {
             "image/png",
             "image/jpeg",
             "image/webp",
+            "video/mp4",
         ] {
             let key = format!("media/abc.{}", extension_for(ct));
             assert_eq!(content_type_for_key(&key), ct);

@@ -2,7 +2,9 @@
 //! shape replaces them.
 
 use super::image::{IMAGE_MODELS, NormalizedImageRequest, model_qualities};
+use super::music::{MUSIC_MODELS, NormalizedMusicRequest};
 use super::tts::{NormalizedTtsRequest, TTS_MODELS};
+use super::video::{NormalizedVideoRequest, VIDEO_MODES};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -30,6 +32,18 @@ pub struct PriceTable {
     pub tts: TtsPricing,
     /// Image prices by model.
     pub image: BTreeMap<String, ImageModelPricing>,
+    /// Music prices.
+    pub music: MusicPricing,
+    /// Video prices by mode, then duration in seconds.
+    pub video: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// Music prices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MusicPricing {
+    /// Credits of one Suno task (it makes two songs), by model.
+    pub per_task: BTreeMap<String, u64>,
 }
 
 /// Speech prices.
@@ -82,7 +96,39 @@ impl PriceTable {
                 }
             }
         }
+        for model in MUSIC_MODELS {
+            if !table.music.per_task.contains_key(*model) {
+                return Err(PricingError::Missing(format!("music model {model}")));
+            }
+        }
+        for mode in VIDEO_MODES {
+            for duration in ["5", "10"] {
+                if table
+                    .video
+                    .get(*mode)
+                    .and_then(|d| d.get(duration))
+                    .is_none()
+                {
+                    return Err(PricingError::Missing(format!(
+                        "video mode {mode} duration {duration}"
+                    )));
+                }
+            }
+        }
         Ok(table)
+    }
+
+    /// The full (miss) price of a music request (one Suno task).
+    pub fn music(&self, req: &NormalizedMusicRequest) -> Option<u64> {
+        self.music.per_task.get(&req.model).copied()
+    }
+
+    /// The full (miss) price of a video request.
+    pub fn video(&self, req: &NormalizedVideoRequest) -> Option<u64> {
+        self.video
+            .get(&req.mode)?
+            .get(&req.duration.to_string())
+            .copied()
     }
 
     /// The full (miss) price of a speech request.
@@ -139,6 +185,29 @@ mod tests {
         assert_eq!(tts("hi"), 2, "minimum applies");
         assert_eq!(tts(&"a".repeat(4096)), 17);
         assert_eq!(p.hit(10), 1);
+        let video = |mode: &str, duration: u32| {
+            let r = crate::domain::VideoRequest {
+                prompt: Some("x".into()),
+                mode: Some(mode.into()),
+                duration: Some(duration),
+                ..Default::default()
+            };
+            p.video(&r.normalize().unwrap()).unwrap()
+        };
+        assert_eq!(
+            [
+                video("std", 5),
+                video("std", 10),
+                video("pro", 5),
+                video("pro", 10)
+            ],
+            [50, 100, 150, 300]
+        );
+        let music = crate::domain::MusicRequest {
+            prompt: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(p.music(&music.normalize().unwrap()), Some(20));
         assert_eq!(p.hit(0), 0, "a hit never costs more than the miss");
     }
 

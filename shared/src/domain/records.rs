@@ -66,6 +66,10 @@ pub struct CacheEntry {
     pub expires_at: DateTime<Utc>,
     /// The normalised parameters, as canonical JSON.
     pub request_params: String,
+    /// While pending: the job whose provider task will produce the result.
+    pub job_id: Option<String>,
+    /// While pending: until when that job holds the entry; past it a new request may take over.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl CacheEntry {
@@ -73,6 +77,16 @@ impl CacheEntry {
     /// (DynamoDB deletes them up to days late), so the read side decides.
     pub fn is_servable(&self, now: DateTime<Utc>) -> bool {
         self.status == EntryStatus::Ready && self.expires_at > now && !self.result_keys.is_empty()
+    }
+
+    /// The job a request for this entry can join at `now`: pending, and its lease not run out.
+    pub fn joinable_job(&self, now: DateTime<Utc>) -> Option<&str> {
+        match (&self.job_id, self.lease_until) {
+            (Some(job), Some(lease)) if self.status == EntryStatus::Pending && lease > now => {
+                Some(job)
+            }
+            _ => None,
+        }
     }
 }
 

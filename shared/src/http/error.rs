@@ -84,6 +84,13 @@ impl HttpError {
                     "pricing_misconfigured",
                     None,
                 ),
+                S::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+                S::NotConfigured(_) => (StatusCode::NOT_IMPLEMENTED, "not_configured", None),
+                S::Queue(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    Some(1),
+                ),
                 S::Provider(p) => match p {
                     ProviderError::RateLimited { retry_after } => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -107,7 +114,9 @@ impl HttpError {
                     ProviderError::Rejected { .. } => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "provider_rejected", None)
                     }
-                    ProviderError::Account { .. } | ProviderError::BadResponse { .. } => {
+                    ProviderError::Account { .. }
+                    | ProviderError::BadResponse { .. }
+                    | ProviderError::Failed { .. } => {
                         (StatusCode::BAD_GATEWAY, "provider_error", None)
                     }
                 },
@@ -120,6 +129,9 @@ impl HttpError {
         match self {
             HttpError::Service(ServiceError::Storage(_)) => {
                 "storage is temporarily unavailable; nothing was charged".into()
+            }
+            HttpError::Service(ServiceError::Queue(_)) => {
+                "the job queue is temporarily unavailable; nothing was charged".into()
             }
             HttpError::Service(ServiceError::Provider(
                 ProviderError::Account { .. } | ProviderError::BadResponse { .. },

@@ -8,13 +8,14 @@ mod openai_compat;
 
 pub use error::{ApiError, HttpError};
 
-use crate::domain::MediaType;
+use crate::domain::JobStatus;
 use crate::service::accounts::generate_request_id;
 use crate::service::{
-    CacheControl, CallContext, Generation, MediaRequest, MediaService, ServiceError,
+    Answer, CacheControl, CallContext, CallbackOutcome, Generation, JobTicket, MediaRequest,
+    MediaService, ServiceError,
 };
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,31 +40,71 @@ pub struct AppState {
     pub url_ttl: Duration,
 }
 
-/// Every route of the API (what `mediactl serve` runs).
-pub fn router(state: AppState) -> Router {
-    finish(
-        Router::new()
-            .route("/api/v1/media/tts", post(tts))
-            .route("/api/v1/media/image", post(image))
-            .route("/api/v1/credits", get(credits))
-            .route("/v1/audio/speech", post(openai_compat::speech))
-            .route("/v1/images/generations", post(openai_compat::images)),
-        state,
-    )
+/// The HTTP functions of the API on AWS; each serves its own routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    /// `POST /api/v1/media/tts`, `POST /v1/audio/speech`.
+    Tts,
+    /// `POST /api/v1/media/image`, `POST /v1/images/generations`.
+    Image,
+    /// `POST /api/v1/media/music`.
+    Music,
+    /// `POST /api/v1/media/video`.
+    Video,
+    /// `GET /api/v1/media/jobs/{id}`, `GET /api/v1/credits`, provider callbacks.
+    Jobs,
 }
 
-/// The routes one Lambda function serves: its media route, its OpenAI-compatible drop-in and the
-/// health check.
-pub fn function_router(state: AppState, media: MediaType) -> Router {
-    let routes = match media {
-        MediaType::Tts => Router::new()
-            .route("/api/v1/media/tts", post(tts))
-            .route("/v1/audio/speech", post(openai_compat::speech)),
-        MediaType::Image => Router::new()
-            .route("/api/v1/media/image", post(image))
-            .route("/v1/images/generations", post(openai_compat::images)),
-    };
+impl Function {
+    /// Every HTTP function.
+    pub const ALL: [Function; 5] = [
+        Function::Tts,
+        Function::Image,
+        Function::Music,
+        Function::Video,
+        Function::Jobs,
+    ];
+
+    /// The function's name (its binary and its `cargo lambda watch` path).
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Tts => "tts",
+            Function::Image => "image",
+            Function::Music => "music",
+            Function::Video => "video",
+            Function::Jobs => "jobs",
+        }
+    }
+
+    fn routes(self) -> Router<AppState> {
+        match self {
+            Function::Tts => Router::new()
+                .route("/api/v1/media/tts", post(tts))
+                .route("/v1/audio/speech", post(openai_compat::speech)),
+            Function::Image => Router::new()
+                .route("/api/v1/media/image", post(image))
+                .route("/v1/images/generations", post(openai_compat::images)),
+            Function::Music => Router::new().route("/api/v1/media/music", post(music)),
+            Function::Video => Router::new().route("/api/v1/media/video", post(video)),
+            Function::Jobs => Router::new()
+                .route("/api/v1/media/jobs/{id}", get(job))
+                .route("/api/v1/credits", get(credits))
+                .route("/api/v1/callbacks/{provider}/{token}", post(callback)),
+        }
+    }
+}
+
+/// Every route of the API (what `mediactl serve` runs).
+pub fn router(state: AppState) -> Router {
+    let routes = Function::ALL
+        .into_iter()
+        .fold(Router::new(), |router, f| router.merge(f.routes()));
     finish(routes, state)
+}
+
+/// The routes one Lambda function serves, and the health check.
+pub fn function_router(state: AppState, function: Function) -> Router {
+    finish(function.routes(), state)
 }
 
 /// Adds what every router has: health check, JSON 404/405, the body limit.
@@ -102,6 +143,87 @@ async fn image(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     generate(&state, &headers, body, MediaRequest::Image).await
+}
+
+async fn music(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    generate(&state, &headers, body, MediaRequest::Music).await
+}
+
+async fn video(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    generate(&state, &headers, body, MediaRequest::Video).await
+}
+
+/// `GET /api/v1/media/jobs/{id}`: the caller's job, with fresh URLs once it is complete.
+async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let call = call_context(&headers)?;
+    let job = state
+        .service
+        .job_status(&call, &id)
+        .await
+        .map_err(|e| ApiError::new(&call.request_id, e))?;
+    let (urls, expires_at) = presign_keys(&state, &call, &job.result_keys).await?;
+    let mut body = json!({
+        "id": job.id,
+        "job_id": job.id,
+        "status": job.status,
+        "media_type": job.media_type,
+        "cache_key": job.cache_key.to_string(),
+        "provider": job.provider,
+        "model": job.model,
+        "credits_charged": job.credits_charged,
+        "poll_url": poll_url(&job.id),
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "coalesced": job.leader.is_some(),
+    });
+    if job.status == JobStatus::Completed {
+        body["url"] = json!(urls.first());
+        body["urls"] = json!(urls);
+        body["content_type"] = json!(job.content_type);
+        body["expires_at"] = json!(expires_at);
+    }
+    if let Some(failure) = &job.failure {
+        body["error"] = json!({"code": failure.code, "message": failure.message});
+        body["refunded"] = json!(job.status == JobStatus::Failed);
+    }
+    let mut response = Json(body).into_response();
+    set_header(&mut response, "x-request-id", &call.request_id);
+    Ok(response)
+}
+
+/// `POST /api/v1/callbacks/{provider}/{token}`: a provider says a task moved. The body is not
+/// read: the job is checked with the provider itself.
+async fn callback(
+    State(state): State<AppState>,
+    Path((provider, token)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let request_id = generate_request_id();
+    let outcome = state
+        .service
+        .callback(&provider, &token)
+        .await
+        .map_err(|e| ApiError::new(&request_id, e))?;
+    let status = match outcome {
+        CallbackOutcome::Accepted => "accepted",
+        CallbackOutcome::AlreadyFinished => "already_finished",
+    };
+    Ok(Json(json!({"status": status})).into_response())
+}
+
+fn poll_url(job_id: &str) -> String {
+    format!("/api/v1/media/jobs/{job_id}")
 }
 
 /// Parses the body as `R`, runs the request through the service, renders the answer.
@@ -223,14 +345,14 @@ fn set_header(response: &mut Response, name: &'static str, value: &str) {
 }
 
 /// Fresh URLs for a result's objects, and when they expire.
-async fn presign_all(
+async fn presign_keys(
     state: &AppState,
     call: &CallContext,
-    generation: &Generation,
+    keys: &[String],
 ) -> Result<(Vec<String>, DateTime<Utc>), ApiError> {
     let expires_at = (state.service.clock().now() + state.url_ttl).trunc_subsecs(0);
-    let mut urls = Vec::with_capacity(generation.object_keys.len());
-    for key in &generation.object_keys {
+    let mut urls = Vec::with_capacity(keys.len());
+    for key in keys {
         let url = state
             .service
             .objects()
@@ -242,38 +364,107 @@ async fn presign_all(
     Ok((urls, expires_at))
 }
 
-/// Adds the cache and credit headers of a result.
-fn with_cache_headers(
+/// What the cache and credit headers say.
+struct CacheHeaders<'a> {
+    outcome: &'a str,
+    cache_key: &'a str,
+    credits_charged: u64,
+    credits_remaining: u64,
+    replayed: bool,
+}
+
+impl<'a> From<&'a Generation> for CacheHeaders<'a> {
+    fn from(g: &'a Generation) -> Self {
+        Self {
+            outcome: g.outcome.as_str(),
+            cache_key: &g.cache_key,
+            credits_charged: g.credits_charged,
+            credits_remaining: g.credits_remaining,
+            replayed: g.replayed,
+        }
+    }
+}
+
+impl<'a> From<&'a JobTicket> for CacheHeaders<'a> {
+    fn from(t: &'a JobTicket) -> Self {
+        Self {
+            outcome: t.outcome.as_str(),
+            cache_key: &t.cache_key,
+            credits_charged: t.credits_charged,
+            credits_remaining: t.credits_remaining,
+            replayed: t.replayed,
+        }
+    }
+}
+
+/// Adds the cache and credit headers of an answer.
+fn with_cache_headers<'a>(
     mut response: Response,
     call: &CallContext,
-    generation: &Generation,
+    answer: impl Into<CacheHeaders<'a>>,
 ) -> Response {
-    set_header(&mut response, "x-cache", generation.outcome.as_str());
-    set_header(&mut response, "x-cache-key", &generation.cache_key);
+    let h = answer.into();
+    set_header(&mut response, "x-cache", h.outcome);
+    set_header(&mut response, "x-cache-key", h.cache_key);
     set_header(
         &mut response,
         "x-credits-charged",
-        &generation.credits_charged.to_string(),
+        &h.credits_charged.to_string(),
     );
     set_header(
         &mut response,
         "x-credits-remaining",
-        &generation.credits_remaining.to_string(),
+        &h.credits_remaining.to_string(),
     );
     set_header(&mut response, "x-request-id", &call.request_id);
-    if generation.replayed {
+    if h.replayed {
         set_header(&mut response, "idempotent-replayed", "true");
     }
     response
 }
 
-/// Renders a result with fresh URLs and the cache and credit headers.
+/// Renders an answer: a result (200) or a job to poll (202).
 async fn answer(
+    state: &AppState,
+    call: &CallContext,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    match answer {
+        Answer::Ready(generation) => result(state, call, generation).await,
+        Answer::Job(ticket) => Ok(accepted(call, &ticket)),
+    }
+}
+
+/// A job answer: 202 with where to poll it.
+fn accepted(call: &CallContext, ticket: &JobTicket) -> Response {
+    let poll = poll_url(&ticket.job_id);
+    let body = json!({
+        "id": ticket.job_id,
+        "job_id": ticket.job_id,
+        "status": ticket.status,
+        "poll_url": poll,
+        "media_type": ticket.media_type,
+        "cached": false,
+        "coalesced": ticket.outcome == crate::service::CacheOutcome::Coalesced,
+        "credits_charged": ticket.credits_charged,
+        "credits_remaining": ticket.credits_remaining,
+        "cache_key": ticket.cache_key,
+        "provider": ticket.provider,
+        "model": ticket.model,
+        "created_at": ticket.created_at,
+    });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    set_header(&mut response, "location", &poll);
+    with_cache_headers(response, call, ticket)
+}
+
+/// Renders a result with fresh URLs and the cache and credit headers.
+async fn result(
     state: &AppState,
     call: &CallContext,
     generation: Generation,
 ) -> Result<Response, ApiError> {
-    let (urls, expires_at) = presign_all(state, call, &generation).await?;
+    let (urls, expires_at) = presign_keys(state, call, &generation.object_keys).await?;
     let body = json!({
         "id": generation.id,
         "status": "completed",

@@ -4,7 +4,7 @@
 //! cache headers and errors are ours.
 
 use super::{
-    ApiError, AppState, call_context, parse_body, presign_all, set_header, with_cache_headers,
+    ApiError, AppState, call_context, parse_body, presign_keys, set_header, with_cache_headers,
 };
 use crate::domain::{ImageRequest, TtsRequest, ValidationError};
 use crate::service::{CallContext, Generation, MediaRequest, ServiceError};
@@ -72,11 +72,18 @@ async fn run(
     call: &CallContext,
     req: MediaRequest,
 ) -> Result<Generation, ApiError> {
-    state
+    let answer = state
         .service
         .generate(call, &req)
         .await
-        .map_err(|e| ApiError::new(&call.request_id, openai_field_names(e)))
+        .map_err(|e| ApiError::new(&call.request_id, openai_field_names(e)))?;
+    answer.ready().ok_or_else(|| {
+        // Speech and images always answer at once.
+        ApiError::new(
+            &call.request_id,
+            ServiceError::Storage("a speech or image request became a job".into()),
+        )
+    })
 }
 
 /// The bytes of a result's objects, in order.
@@ -177,7 +184,7 @@ pub(super) async fn images(
             .map(|b| json!({"b64_json": engine.encode(b)}))
             .collect()
     } else {
-        let (urls, _) = presign_all(&state, &call, &generation).await?;
+        let (urls, _) = presign_keys(&state, &call, &generation.object_keys).await?;
         urls.into_iter().map(|url| json!({"url": url})).collect()
     };
     let body = json!({"created": generation.created_at.timestamp(), "data": data});

@@ -2,8 +2,13 @@
 
 pub mod objects;
 pub mod providers;
+pub mod queue;
 pub mod store;
 
 pub use objects::{ObjectError, ObjectStore};
-pub use providers::{ImageProvider, ProviderError, SpeechProvider};
+pub use providers::{
+    ImageProvider, MusicProvider, ProviderError, SpeechProvider, TaskProvider, TaskState,
+    VideoProvider,
+};
+pub use queue::{JobQueue, QueueError};
 pub use store::*;

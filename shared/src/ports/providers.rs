@@ -1,6 +1,9 @@
 //! The media providers, as the application sees them.
 
-use crate::domain::{GeneratedMedia, NormalizedImageRequest, NormalizedTtsRequest};
+use crate::domain::{
+    GeneratedMedia, NormalizedImageRequest, NormalizedMusicRequest, NormalizedTtsRequest,
+    NormalizedVideoRequest,
+};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -42,6 +45,87 @@ pub enum ProviderError {
         /// What was wrong.
         message: String,
     },
+    /// A long task ended without a result.
+    #[error("provider could not generate it: {message}")]
+    Failed {
+        /// What it said.
+        message: String,
+    },
+}
+
+impl ProviderError {
+    /// A stable code for job failure reasons and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "provider_rate_limited",
+            ProviderError::Unavailable { .. } => "provider_unavailable",
+            ProviderError::Timeout => "provider_timeout",
+            ProviderError::Rejected { .. } => "provider_rejected",
+            ProviderError::Account { .. } => "provider_account",
+            ProviderError::BadResponse { .. } => "provider_bad_response",
+            ProviderError::Failed { .. } => "generation_failed",
+        }
+    }
+
+    /// Whether asking again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Unavailable { .. }
+                | ProviderError::Timeout
+        )
+    }
+}
+
+/// What a long task is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskState {
+    /// Not finished; `stage` is the provider's word for where it is.
+    Running {
+        /// E.g. `TEXT_SUCCESS`, `processing`.
+        stage: String,
+    },
+    /// Finished: where to download the media (provider URLs, never kept).
+    Succeeded {
+        /// One URL per result.
+        urls: Vec<String>,
+    },
+    /// Finished without a result.
+    Failed(ProviderError),
+}
+
+/// A provider of long tasks: ask for a task's state, download its results.
+#[async_trait]
+pub trait TaskProvider: Send + Sync {
+    /// The provider's name, e.g. "suno".
+    fn name(&self) -> &str;
+    /// The state of a task submitted earlier.
+    async fn task_state(&self, task: &str) -> Result<TaskState, ProviderError>;
+    /// Downloads one result URL the task reported.
+    async fn download(&self, url: &str) -> Result<GeneratedMedia, ProviderError>;
+}
+
+/// Music generation (Suno).
+#[async_trait]
+pub trait MusicProvider: TaskProvider {
+    /// Submits a task; returns its reference. `callback_url` is told when it finishes.
+    async fn submit_music(
+        &self,
+        req: &NormalizedMusicRequest,
+        callback_url: &str,
+    ) -> Result<String, ProviderError>;
+}
+
+/// Video generation (Kling).
+#[async_trait]
+pub trait VideoProvider: TaskProvider {
+    /// Submits a task; returns its reference. `callback_url` is told when it finishes.
+    async fn submit_video(
+        &self,
+        req: &NormalizedVideoRequest,
+        callback_url: &str,
+    ) -> Result<String, ProviderError>;
 }
 
 /// Text to speech.

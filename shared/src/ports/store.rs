@@ -1,7 +1,7 @@
 //! The store: one trait per operation group, so each caller asks only for what it needs.
 
 use crate::domain::{
-    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, IdempotencyClaim, LedgerLine, Refund,
+    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, IdempotencyClaim, Job, LedgerLine, Refund,
     UserId,
 };
 use async_trait::async_trait;
@@ -120,7 +120,60 @@ pub trait AccountStore: Send + Sync {
     async fn user_count(&self) -> Result<u64, StoreError>;
 }
 
-/// Everything the application needs from a store.
-pub trait Store: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore {}
+/// What starting a job found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStart {
+    /// The job, its PENDING entry and the charge are written: submit the provider task.
+    Started {
+        /// The balance after the charge.
+        balance: u64,
+    },
+    /// Another entry is in the way (a pending job to join, or a ready result): nothing written.
+    EntryTaken(Box<CacheEntry>),
+}
 
-impl<T: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore> Store for T {}
+/// Long jobs and their PENDING cache entries (single flight).
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Writes `job`, its `pending` entry and the `charge` (with its ledger line) in one
+    /// transaction, unless a live entry is in the way: a pending one whose lease has not run out,
+    /// or (without `replace_ready`) a servable one. Nothing is written when it fails.
+    async fn start_job(
+        &self,
+        job: &Job,
+        pending: &CacheEntry,
+        replace_ready: bool,
+        charge: &Charge,
+    ) -> Result<JobStart, ChargeError>;
+
+    /// Joins `job.leader`'s pending task: charges `charge` and writes `job`, in one transaction
+    /// that holds only while the entry is still pending on that leader. Returns the new balance,
+    /// or None when the entry moved on (nothing was charged).
+    async fn join_job(&self, job: &Job, charge: &Charge) -> Result<Option<u64>, ChargeError>;
+
+    /// A job by id.
+    async fn job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Saves `job` (status, task, attempts, result, failure) unless the stored one is already
+    /// terminal; returns whether it was saved.
+    async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
+
+    /// Saves the finished leader `job` and settles its cache entry in one transaction: `ready`
+    /// replaces the entry while it is still pending on this job; None deletes it (a failed job,
+    /// or `no-store`). Returns false when the stored job was already terminal (nothing changed).
+    async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError>;
+
+    /// The jobs that joined `leader_id`'s task.
+    async fn followers(&self, leader_id: &str) -> Result<Vec<Job>, StoreError>;
+}
+
+/// Everything the application needs from a store.
+pub trait Store:
+    LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore
+{
+}
+
+impl<T: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore> Store
+    for T
+{
+}

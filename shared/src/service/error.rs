@@ -38,6 +38,15 @@ pub enum ServiceError {
     /// The price list has no price for a request the API accepts (a configuration error).
     #[error("this request has no configured price")]
     Unpriced,
+    /// No such thing for this caller (a job of another user is not found either).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// This deployment does not offer the feature (e.g. no provider key for it).
+    #[error("{0}")]
+    NotConfigured(&'static str),
+    /// The job queue refused a message; any charge was refunded.
+    #[error("the job queue is temporarily unavailable")]
+    Queue(String),
 }
 
 impl From<StoreError> for ServiceError {

@@ -2,23 +2,27 @@
 //! idempotency) over the ports. No HTTP types here; `http` translates.
 
 pub mod accounts;
+pub mod callbacks;
 pub mod error;
+mod jobs;
 
+pub use callbacks::CallbackSigner;
 pub use error::ServiceError;
+pub use jobs::{CallbackOutcome, JobParts, JobPolicy, JobTicket};
 
 use crate::clock::Clock;
 use crate::domain::cache_key::canonical_json;
 use crate::domain::media::extension_for;
 use crate::domain::{
     CACHE_TTL, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, GeneratedMedia,
-    IdempotencyClaim, ImageRequest, LedgerReason, MediaType, NormalizedMedia, PriceTable, Refund,
-    TtsRequest, api_key_digest,
+    IdempotencyClaim, ImageRequest, LedgerReason, MediaType, MusicRequest, NormalizedImageRequest,
+    NormalizedMedia, NormalizedMusicRequest, NormalizedTtsRequest, NormalizedVideoRequest,
+    PriceTable, Refund, TtsRequest, VideoRequest, api_key_digest,
 };
 use crate::ports::{ImageProvider, Lookup, ObjectStore, ProviderError, SpeechProvider, Store};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use std::sync::Arc;
 
 /// The request's `Cache-Control` directives that the cache honours.
@@ -53,6 +57,8 @@ pub enum CacheOutcome {
     Miss,
     /// Generated because the client asked to skip the cache.
     Bypass,
+    /// Joined an identical request's job in flight instead of generating again.
+    Coalesced,
 }
 
 impl CacheOutcome {
@@ -62,6 +68,7 @@ impl CacheOutcome {
             CacheOutcome::Hit => "HIT",
             CacheOutcome::Miss => "MISS",
             CacheOutcome::Bypass => "BYPASS",
+            CacheOutcome::Coalesced => "COALESCED",
         }
     }
 }
@@ -99,30 +106,75 @@ pub struct Generation {
     pub replayed: bool,
 }
 
+/// How a request was answered: a result now, or a job to poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// The result (a hit, or a speech or image generation).
+    Ready(Generation),
+    /// A music or video job: generating, or joined to an identical one in flight.
+    Job(JobTicket),
+}
+
+impl Answer {
+    /// The result, when the answer is one.
+    pub fn ready(self) -> Option<Generation> {
+        match self {
+            Answer::Ready(g) => Some(g),
+            Answer::Job(_) => None,
+        }
+    }
+
+    fn mark_replayed(&mut self) {
+        match self {
+            Answer::Ready(g) => g.replayed = true,
+            Answer::Job(t) => t.replayed = true,
+        }
+    }
+}
+
 /// The user of an API key, with their balance and latest ledger lines.
 pub use accounts::Statement;
 
-/// A request of any synchronous media type, as the client sent it.
+/// A request of any media type, as the client sent it.
 #[derive(Debug, Clone)]
 pub enum MediaRequest {
     /// Text to speech.
     Tts(TtsRequest),
     /// Image generation.
     Image(ImageRequest),
+    /// Music generation (a long job).
+    Music(MusicRequest),
+    /// Video generation (a long job).
+    Video(VideoRequest),
 }
 
-/// What one media type contributes to the shared flow.
-struct MediaJob {
+/// The normalised request, which says how a miss is generated.
+enum Generator<'a> {
+    Speech(&'a NormalizedTtsRequest),
+    Image(&'a NormalizedImageRequest),
+    Music(&'a NormalizedMusicRequest),
+    Video(&'a NormalizedVideoRequest),
+}
+
+/// What one request contributes to the shared flow.
+struct MediaJob<'a> {
     cache_key: CacheKey,
     price: u64,
     params: String,
     content_type: &'static str,
     provider: String,
     model: String,
+    generator: Generator<'a>,
 }
 
-impl MediaJob {
-    fn of<N: NormalizedMedia>(norm: &N, price: u64, provider: &str) -> Self {
+impl<'a> MediaJob<'a> {
+    fn of<N: NormalizedMedia>(
+        norm: &N,
+        price: u64,
+        provider: &str,
+        generator: Generator<'a>,
+    ) -> Self {
         Self {
             cache_key: norm.cache_key(),
             price,
@@ -130,6 +182,7 @@ impl MediaJob {
             content_type: norm.content_type(),
             provider: provider.to_owned(),
             model: norm.model().to_owned(),
+            generator,
         }
     }
 }
@@ -142,6 +195,7 @@ pub struct MediaService {
     images: Arc<dyn ImageProvider>,
     pricing: PriceTable,
     clock: Arc<dyn Clock>,
+    jobs: Option<JobParts>,
 }
 
 impl MediaService {
@@ -161,7 +215,14 @@ impl MediaService {
             images,
             pricing,
             clock,
+            jobs: None,
         }
+    }
+
+    /// Adds what music and video need: the queue, the providers, callbacks, the polling policy.
+    pub fn with_jobs(mut self, jobs: JobParts) -> Self {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// The object store, for making URLs of results.
@@ -174,26 +235,43 @@ impl MediaService {
         self.clock.as_ref()
     }
 
-    /// A speech or image request: served from the cache or generated.
+    /// A request of any media type: served from the cache, generated, or (music, video) started
+    /// as a job or joined to an identical one in flight.
     pub async fn generate(
         &self,
         call: &CallContext,
         req: &MediaRequest,
-    ) -> Result<Generation, ServiceError> {
+    ) -> Result<Answer, ServiceError> {
         match req {
             MediaRequest::Tts(req) => {
                 let norm = req.normalize()?;
-                let job = MediaJob::of(&norm, self.pricing.tts(&norm), self.speech.name());
-                self.serve(call, job, || async {
-                    self.speech.synthesize(&norm).await.map(|m| vec![m])
-                })
-                .await
+                let job = MediaJob::of(
+                    &norm,
+                    self.pricing.tts(&norm),
+                    self.speech.name(),
+                    Generator::Speech(&norm),
+                );
+                self.serve(call, job).await
             }
             MediaRequest::Image(req) => {
                 let norm = req.normalize()?;
                 let price = self.pricing.image(&norm).ok_or(ServiceError::Unpriced)?;
-                let job = MediaJob::of(&norm, price, self.images.name());
-                self.serve(call, job, || self.images.generate(&norm)).await
+                let job = MediaJob::of(&norm, price, self.images.name(), Generator::Image(&norm));
+                self.serve(call, job).await
+            }
+            MediaRequest::Music(req) => {
+                let norm = req.normalize()?;
+                let price = self.pricing.music(&norm).ok_or(ServiceError::Unpriced)?;
+                let provider = self.job_parts()?.music_provider()?.name().to_owned();
+                let job = MediaJob::of(&norm, price, &provider, Generator::Music(&norm));
+                self.serve(call, job).await
+            }
+            MediaRequest::Video(req) => {
+                let norm = req.normalize()?;
+                let price = self.pricing.video(&norm).ok_or(ServiceError::Unpriced)?;
+                let provider = self.job_parts()?.video_provider()?.name().to_owned();
+                let job = MediaJob::of(&norm, price, &provider, Generator::Video(&norm));
+                self.serve(call, job).await
             }
         }
     }
@@ -212,7 +290,7 @@ impl MediaService {
             ))
     }
 
-    async fn authenticate(&self, call: &CallContext) -> Result<String, ServiceError> {
+    pub(crate) async fn authenticate(&self, call: &CallContext) -> Result<String, ServiceError> {
         let api_key = api_key_of(call)?;
         let lookup = self.store.lookup(&api_key_digest(api_key), None).await?;
         lookup
@@ -221,16 +299,7 @@ impl MediaService {
     }
 
     /// Auth and the cache read in one batch, then idempotency, then hit or miss.
-    async fn serve<F, Fut>(
-        &self,
-        call: &CallContext,
-        job: MediaJob,
-        generate: F,
-    ) -> Result<Generation, ServiceError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
-    {
+    async fn serve(&self, call: &CallContext, job: MediaJob<'_>) -> Result<Answer, ServiceError> {
         let api_key = api_key_of(call)?;
         let wanted = (!call.cache_control.no_cache).then_some(&job.cache_key);
         let lookup = self.store.lookup(&api_key_digest(api_key), wanted).await?;
@@ -240,17 +309,11 @@ impl MediaService {
             .ok_or(ServiceError::Unauthorized("invalid API key"))?;
 
         let result = match call.idempotency_key.as_deref() {
-            None => {
-                self.hit_or_miss(call, &user_id, lookup, job, generate)
-                    .await
-            }
-            Some(key) => {
-                self.idempotent(call, &user_id, key, lookup, job, generate)
-                    .await
-            }
+            None => self.hit_or_miss(call, &user_id, lookup, job).await,
+            Some(key) => self.idempotent(call, &user_id, key, lookup, job).await,
         };
         match &result {
-            Ok(g) => tracing::info!(
+            Ok(Answer::Ready(g)) => tracing::info!(
                 request_id = %call.request_id,
                 user_id,
                 media_type = %g.media_type,
@@ -260,6 +323,17 @@ impl MediaService {
                 replayed = g.replayed,
                 "served"
             ),
+            Ok(Answer::Job(t)) => tracing::info!(
+                request_id = %call.request_id,
+                user_id,
+                media_type = %t.media_type,
+                cache = t.outcome.as_str(),
+                job_id = %t.job_id,
+                credits_charged = t.credits_charged,
+                credits_remaining = t.credits_remaining,
+                replayed = t.replayed,
+                "job accepted"
+            ),
             Err(e) => {
                 tracing::info!(request_id = %call.request_id, user_id, error = %e, "not served")
             }
@@ -268,19 +342,14 @@ impl MediaService {
     }
 
     /// Runs the request once per idempotency key: a retry gets the stored answer.
-    async fn idempotent<F, Fut>(
+    async fn idempotent(
         &self,
         call: &CallContext,
         user_id: &str,
         idempotency_key: &str,
         lookup: Lookup,
-        job: MediaJob,
-        generate: F,
-    ) -> Result<Generation, ServiceError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
-    {
+        job: MediaJob<'_>,
+    ) -> Result<Answer, ServiceError> {
         let claim = IdempotencyClaim {
             user_id: user_id.to_owned(),
             key: idempotency_key.to_owned(),
@@ -289,19 +358,21 @@ impl MediaService {
         };
         match self.store.claim(&claim).await? {
             ClaimOutcome::Claimed => {}
-            ClaimOutcome::Replay(answer) => {
-                let mut generation: Generation = serde_json::from_str(&answer)
+            ClaimOutcome::Replay(stored) => {
+                // Answers stored before jobs existed are bare generations.
+                let mut answer = serde_json::from_str::<Answer>(&stored)
+                    .or_else(|_| serde_json::from_str::<Generation>(&stored).map(Answer::Ready))
                     .map_err(|e| ServiceError::Storage(format!("stored answer: {e}")))?;
-                generation.replayed = true;
-                return Ok(generation);
+                answer.mark_replayed();
+                return Ok(answer);
             }
             ClaimOutcome::Conflict => return Err(ServiceError::IdempotencyConflict),
             ClaimOutcome::InProgress => return Err(ServiceError::IdempotencyInProgress),
         }
-        let result = self.hit_or_miss(call, user_id, lookup, job, generate).await;
+        let result = self.hit_or_miss(call, user_id, lookup, job).await;
         let saved = match &result {
-            Ok(generation) => {
-                let answer = serde_json::to_string(generation).unwrap_or_default();
+            Ok(answer) => {
+                let answer = serde_json::to_string(answer).unwrap_or_default();
                 self.store
                     .complete(user_id, idempotency_key, &answer, self.clock.now())
                     .await
@@ -315,52 +386,95 @@ impl MediaService {
         result
     }
 
-    async fn hit_or_miss<F, Fut>(
+    async fn hit_or_miss(
         &self,
         call: &CallContext,
         user_id: &str,
         lookup: Lookup,
-        job: MediaJob,
-        generate: F,
-    ) -> Result<Generation, ServiceError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<GeneratedMedia>, ProviderError>>,
-    {
+        job: MediaJob<'_>,
+    ) -> Result<Answer, ServiceError> {
+        let now = self.clock.now();
+        if let Some(entry) = lookup.entry.as_ref().filter(|e| e.is_servable(now)) {
+            return self
+                .hit(call, user_id, entry.clone(), &job, lookup.balance)
+                .await
+                .map(Answer::Ready);
+        }
+        match job.generator {
+            Generator::Speech(_) | Generator::Image(_) => self
+                .sync_miss(call, user_id, lookup, job)
+                .await
+                .map(Answer::Ready),
+            Generator::Music(_) | Generator::Video(_) => {
+                self.start_or_join(call, user_id, lookup, &job).await
+            }
+        }
+    }
+
+    /// Calls the provider of a speech or image request.
+    async fn generate_now(
+        &self,
+        generator: &Generator<'_>,
+    ) -> Result<Vec<GeneratedMedia>, ProviderError> {
+        match generator {
+            Generator::Speech(req) => self.speech.synthesize(req).await.map(|m| vec![m]),
+            Generator::Image(req) => self.images.generate(req).await,
+            Generator::Music(_) | Generator::Video(_) => Err(ProviderError::BadResponse {
+                message: "music and video are generated as jobs".into(),
+            }),
+        }
+    }
+
+    /// Serves a stored result for the hit price, counting the hit.
+    async fn hit(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        entry: CacheEntry,
+        job: &MediaJob<'_>,
+        seen_balance: Option<u64>,
+    ) -> Result<Generation, ServiceError> {
+        let price = self.pricing.hit(job.price);
+        let remaining = self
+            .store
+            .charge(&Charge {
+                user_id: user_id.to_owned(),
+                amount: price,
+                reason: LedgerReason::Hit,
+                request_id: call.request_id.clone(),
+                cache_key: job.cache_key.clone(),
+                count_hit: true,
+                seen_balance,
+                at: self.clock.now(),
+            })
+            .await?;
+        Ok(Generation {
+            id: call.request_id.clone(),
+            media_type: job.cache_key.media_type(),
+            cache_key: job.cache_key.to_string(),
+            outcome: CacheOutcome::Hit,
+            object_keys: entry.result_keys,
+            content_type: entry.content_type,
+            provider: entry.provider,
+            model: entry.model,
+            credits_charged: price,
+            credits_remaining: remaining,
+            created_at: entry.created_at,
+            cache_expires_at: Some(entry.expires_at),
+            replayed: false,
+        })
+    }
+
+    /// A speech or image miss: charge, generate, store the media, save the entry, answer.
+    async fn sync_miss(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        lookup: Lookup,
+        job: MediaJob<'_>,
+    ) -> Result<Generation, ServiceError> {
         let now = self.clock.now();
         let media_type = job.cache_key.media_type();
-        if let Some(entry) = lookup.entry.filter(|e| e.is_servable(now)) {
-            let price = self.pricing.hit(job.price);
-            let remaining = self
-                .store
-                .charge(&Charge {
-                    user_id: user_id.to_owned(),
-                    amount: price,
-                    reason: LedgerReason::Hit,
-                    request_id: call.request_id.clone(),
-                    cache_key: job.cache_key.clone(),
-                    count_hit: true,
-                    seen_balance: lookup.balance,
-                    at: now,
-                })
-                .await?;
-            return Ok(Generation {
-                id: call.request_id.clone(),
-                media_type,
-                cache_key: job.cache_key.to_string(),
-                outcome: CacheOutcome::Hit,
-                object_keys: entry.result_keys,
-                content_type: entry.content_type,
-                provider: entry.provider,
-                model: entry.model,
-                credits_charged: price,
-                credits_remaining: remaining,
-                created_at: entry.created_at,
-                cache_expires_at: Some(entry.expires_at),
-                replayed: false,
-            });
-        }
-
         let remaining = self
             .store
             .charge(&Charge {
@@ -375,7 +489,7 @@ impl MediaService {
             })
             .await?;
         let started = std::time::Instant::now();
-        let generated = generate().await.and_then(|media| {
+        let generated = self.generate_now(&job.generator).await.and_then(|media| {
             if media.is_empty() {
                 Err(ProviderError::BadResponse {
                     message: "no media in the answer".into(),
@@ -421,6 +535,8 @@ impl MediaService {
                 hit_count: 0,
                 expires_at,
                 request_params: job.params,
+                job_id: None,
+                lease_until: None,
             };
             if let Err(e) = self.store.put_entry(&entry).await {
                 // The user has the result; only future hits are lost.
@@ -449,7 +565,7 @@ impl MediaService {
     }
 
     /// Copies media into object storage under content-addressed keys.
-    async fn store_media(
+    pub(crate) async fn store_media(
         &self,
         media_type: MediaType,
         media: Vec<GeneratedMedia>,
@@ -470,17 +586,35 @@ impl MediaService {
     }
 
     async fn refund(&self, user_id: &str, amount: u64, call: &CallContext, cache_key: &CacheKey) {
+        // A failed refund is logged; the request's own error is what the client needs to see.
+        let _ = self
+            .refund_request(user_id, amount, &call.request_id, cache_key)
+            .await;
+    }
+
+    /// Gives back what request `request_id` was charged; at most once per request.
+    pub(crate) async fn refund_request(
+        &self,
+        user_id: &str,
+        amount: u64,
+        request_id: &str,
+        cache_key: &CacheKey,
+    ) -> Result<(), ServiceError> {
+        if amount == 0 {
+            return Ok(());
+        }
         let refund = Refund {
             user_id: user_id.to_owned(),
             amount,
-            request_id: call.request_id.clone(),
+            request_id: request_id.to_owned(),
             cache_key: cache_key.clone(),
             at: self.clock.now(),
         };
-        if let Err(e) = self.store.refund(&refund).await {
+        self.store.refund(&refund).await.map(|_| ()).map_err(|e| {
             // Left for reconciliation: the charge line without a refund line shows it.
-            tracing::error!(request_id = %call.request_id, user_id, amount, error = %e, "refund failed");
-        }
+            tracing::error!(request_id, user_id, amount, error = %e, "refund failed");
+            ServiceError::from(e)
+        })
     }
 }
 

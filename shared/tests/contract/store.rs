@@ -42,6 +42,8 @@ fn entry(cache_key: &CacheKey) -> CacheEntry {
         hit_count: 0,
         expires_at: t0() + Duration::days(7),
         request_params: r#"{"model":"tts-1","text":"hi"}"#.into(),
+        job_id: None,
+        lease_until: None,
     }
 }
 

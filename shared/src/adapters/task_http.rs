@@ -1,0 +1,81 @@
+//! What the long-task provider clients (Suno, Kling) share: the HTTP client, failures of the
+//! transport, and downloading a result from the provider's CDN.
+
+use crate::domain::GeneratedMedia;
+use crate::ports::ProviderError;
+use std::time::Duration;
+
+/// An HTTP client with `timeout` per request (rustls with ring, like the OpenAI client).
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ProviderError::BadResponse {
+            message: format!("HTTP client: {e}"),
+        })
+}
+
+/// A request that got no answer.
+pub(crate) fn transport_error(e: &reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else if e.is_decode() || e.is_body() {
+        ProviderError::BadResponse {
+            message: e.to_string(),
+        }
+    } else {
+        ProviderError::Unavailable {
+            message: format!("cannot reach provider: {e}"),
+            retry_after: None,
+        }
+    }
+}
+
+/// `Retry-After` in seconds, when the provider sent one.
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Downloads a result URL. A URL that is gone (expired, deleted) will not come back: Rejected.
+pub(crate) async fn download(
+    http: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+) -> Result<GeneratedMedia, ProviderError> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    let status = resp.status();
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(ProviderError::Unavailable {
+            message: format!("result download: HTTP {status}"),
+            retry_after: retry_after(&resp),
+        });
+    }
+    if !status.is_success() {
+        return Err(ProviderError::Rejected {
+            message: format!("result URL answered HTTP {status} (expired or deleted)"),
+        });
+    }
+    let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
+    if bytes.is_empty() {
+        return Err(ProviderError::BadResponse {
+            message: "empty result".into(),
+        });
+    }
+    Ok(GeneratedMedia {
+        bytes,
+        content_type: content_type.to_owned(),
+    })
+}
