@@ -201,14 +201,17 @@ async fn secret_value(
     }
 }
 
-/// The store, object storage, any extra routes (the embedded object server) and the embedded
-/// job queue of a backend.
-type Parts = (
-    Arc<dyn Store>,
-    Arc<dyn ObjectStore>,
-    Router,
-    Option<Arc<dyn JobQueue>>,
-);
+/// What a backend provides.
+struct Parts {
+    store: Arc<dyn Store>,
+    objects: Arc<dyn ObjectStore>,
+    /// Extra routes (the embedded object server).
+    routes: Router,
+    /// The job queue, when jobs are configured.
+    queue: Option<Arc<dyn JobQueue>>,
+    /// The callback secret when none is configured (embedded: the data directory's key).
+    default_callback_secret: Option<Vec<u8>>,
+}
 
 /// Builds the function's application: clients, store, objects, provider, service, routes.
 pub async fn app(
@@ -234,12 +237,14 @@ async fn openai_key(
         (SecretSource::Unset, Function::Tts | Function::Image) => Err(StartupError(
             "set OPENAI_API_KEY_PARAMETER (an SSM SecureString name) or OPENAI_API_KEY".into(),
         )),
-        (SecretSource::Unset, _) => Ok(String::new()),
-        (source, _) => secret_value(sdk, source).await,
+        (source, Function::Tts | Function::Image) => secret_value(sdk, source).await,
+        // The other functions never call OpenAI: no key, no SSM read, no permission needed.
+        _ => Ok(String::new()),
     }
 }
 
-/// The service of `function` (the completion function passes `Function::Jobs`' needs and more).
+/// The service of `function`; the completion function asks for `Function::Jobs`' (with both
+/// providers configured in its environment).
 pub async fn service(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
@@ -261,7 +266,7 @@ pub async fn service(
         })
         .map_err(|e| StartupError(e.to_string()))?,
     );
-    let (store, objects, extra, queue): Parts = match &config.backend {
+    let parts = match &config.backend {
         Backend::Aws { table, bucket } => {
             let objects =
                 S3ObjectStore::new(s3_client(sdk), bucket, config.public_base_url.clone());
@@ -273,15 +278,38 @@ pub async fn service(
             let queue = config.jobs_queue_url.as_ref().map(|url| {
                 Arc::new(SqsJobQueue::new(aws_sdk_sqs::Client::new(sdk), url)) as Arc<dyn JobQueue>
             });
-            (Arc::new(store), Arc::new(objects), Router::new(), queue)
+            Parts {
+                store: Arc::new(store),
+                objects: Arc::new(objects),
+                routes: Router::new(),
+                queue,
+                default_callback_secret: None,
+            }
         }
         Backend::Embedded { data_dir } => embedded(config, data_dir, function, Arc::clone(&clock))?,
     };
-    let mut service = MediaService::new(store, objects, openai.clone(), openai, pricing, clock);
-    if let Some(queue) = queue {
-        service = service.with_jobs(job_parts(config, sdk, queue).await?);
+    let mut service = MediaService::new(
+        parts.store,
+        parts.objects,
+        openai.clone(),
+        openai,
+        pricing,
+        clock,
+    );
+    // Speech and images never touch jobs: no queue, no callback secret to read.
+    let uses_jobs = matches!(function, Function::Music | Function::Video | Function::Jobs);
+    if let Some(queue) = parts.queue.filter(|_| uses_jobs) {
+        let secret = match &config.callback_secret {
+            Some(source) => secret_value(sdk, source).await?.into_bytes(),
+            None => parts.default_callback_secret.ok_or_else(|| {
+                StartupError(
+                    "JOBS_QUEUE_URL needs CALLBACK_SECRET_PARAMETER or CALLBACK_SECRET".into(),
+                )
+            })?,
+        };
+        service = service.with_jobs(job_parts(config, sdk, queue, secret).await?);
     }
-    Ok((Arc::new(service), extra))
+    Ok((Arc::new(service), parts.routes))
 }
 
 /// The queue, callback signer and long-task providers that music and video need.
@@ -289,16 +317,9 @@ async fn job_parts(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
     queue: Arc<dyn JobQueue>,
+    callback_secret: Vec<u8>,
 ) -> Result<JobParts, StartupError> {
     let err = |e: &dyn std::fmt::Display| StartupError(e.to_string());
-    let secret = match &config.callback_secret {
-        Some(source) => secret_value(sdk, source).await?,
-        None => {
-            return Err(StartupError(
-                "JOBS_QUEUE_URL needs CALLBACK_SECRET_PARAMETER or CALLBACK_SECRET".into(),
-            ));
-        }
-    };
     let timeout = config.provider_timeout;
     let music = match &config.suno {
         Some((base, key)) => {
@@ -332,7 +353,7 @@ async fn job_parts(
     };
     Ok(JobParts {
         queue,
-        callbacks: CallbackSigner::new(secret.into_bytes(), &config.public_api_url),
+        callbacks: CallbackSigner::new(callback_secret, &config.public_api_url),
         policy: config.job_policy,
         music,
         video,
@@ -352,6 +373,7 @@ fn embedded(
     std::fs::create_dir_all(data_dir).map_err(|e| err(&e))?;
     let store = SqliteStore::open(&data_dir.join("media.db")).map_err(|e| err(&e))?;
     let signer = UrlSigner::from_dir(data_dir).map_err(|e| err(&e))?;
+    let secret = signer.key().to_vec();
     // `cargo lambda watch` serves function F under /lambda-url/F.
     let base = config
         .public_base_url
@@ -359,8 +381,13 @@ fn embedded(
         .unwrap_or_else(|| format!("http://127.0.0.1:9000/lambda-url/{}", function.name()));
     let objects = FsObjectStore::new(data_dir.join("objects"), &base, signer);
     let route = crate::http::objects::objects_router(objects.clone(), clock);
-    let queue = Arc::new(store.clone()) as Arc<dyn JobQueue>;
-    Ok((Arc::new(store), Arc::new(objects), route, Some(queue)))
+    Ok(Parts {
+        store: Arc::new(store.clone()),
+        objects: Arc::new(objects),
+        routes: route,
+        queue: Some(Arc::new(store)),
+        default_callback_secret: Some(secret),
+    })
 }
 
 #[cfg(not(feature = "embedded"))]

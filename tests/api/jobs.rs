@@ -1,7 +1,7 @@
 //! Music and video as long jobs, end to end: a miss answers 202 with a job, the embedded worker
 //! completes it through the simulator's Suno and Kling, single flight, refunds, callbacks.
 
-use integration_tests::{Answer, TestApp, test_config};
+use integration_tests::{TestApp, test_config};
 use media_cache::domain::JobMessage;
 use media_cache::ports::JobQueue;
 use media_cache::service::accounts::NewUser;
@@ -28,7 +28,7 @@ async fn balanced(app: &TestApp, user: &NewUser, granted: u64) {
     assert!(balance <= granted);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_identical_video_requests_make_one_provider_task() {
     let app = TestApp::start().await;
     let mut users = Vec::new();
@@ -36,12 +36,9 @@ async fn twenty_identical_video_requests_make_one_provider_task() {
         users.push(app.user(200).await);
     }
     let body = video("a lighthouse in a storm, twenty at once");
-    let answers: Vec<Answer> = futures_join(
-        users
-            .iter()
-            .map(|u| app.post("/api/v1/media/video", u, &body)),
-    )
-    .await;
+    let answers = app
+        .post_concurrently("/api/v1/media/video", &users, &body)
+        .await;
 
     assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1, "one provider task");
     let misses: Vec<_> = answers
@@ -83,33 +80,6 @@ async fn twenty_identical_video_requests_make_one_provider_task() {
     assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1);
 }
 
-/// `join_all` without another dependency: the requests run concurrently on the runtime.
-async fn futures_join<F: std::future::Future<Output = Answer> + Send>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<Answer> {
-    let futures: Vec<_> = futures.collect();
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<Answer>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in pinned.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(a) => out[i] = Some(a),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(Option::unwrap).collect()
-}
-
 #[tokio::test]
 async fn a_failed_task_refunds_every_charged_user() {
     let app = TestApp::start().await;
@@ -127,12 +97,9 @@ async fn a_failed_task_refunds_every_charged_user() {
         app.user(100).await,
     ];
     let body = video("a doomed video");
-    let answers = futures_join(
-        users
-            .iter()
-            .map(|u| app.post("/api/v1/media/video", u, &body)),
-    )
-    .await;
+    let answers = app
+        .post_concurrently("/api/v1/media/video", &users, &body)
+        .await;
     assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1);
     for (user, answer) in users.iter().zip(&answers) {
         assert_eq!(answer.status, 202);

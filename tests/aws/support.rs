@@ -57,7 +57,12 @@ pub fn lambda_config(sim: &SimHandle) -> LambdaConfig {
 
 /// A function's application served on a loopback port: its base URL.
 pub async fn serve_function(sim: &SimHandle, function: Function) -> String {
-    let app = media_cache::lambda::app(&lambda_config(sim), &sdk().await, function)
+    serve_app(&lambda_config(sim), function).await
+}
+
+/// A function's application with `config` served on a loopback port: its base URL.
+pub async fn serve_app(config: &LambdaConfig, function: Function) -> String {
+    let app = media_cache::lambda::app(config, &sdk().await, function)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,5 +102,104 @@ impl Intercept for CallLog {
             self.0.lock().unwrap().push(metadata.name().to_owned());
         }
         Ok(())
+    }
+}
+
+/// A simulator whose Suno and Kling tasks take 300 ms and call nobody back.
+pub async fn task_simulator() -> SimHandle {
+    let config = SimConfig {
+        task_duration: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    provider_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A fresh SQS queue on the emulator (one per test: a queue shared with another test's
+/// simulator would meet tasks it does not know).
+pub async fn jobs_queue(sdk: &aws_config::SdkConfig) -> String {
+    let name = format!(
+        "jobs-{}",
+        media_cache::service::accounts::generate_request_id()
+    );
+    aws_sdk_sqs::Client::new(sdk)
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+/// The Lambda configuration with jobs: the queue, a callback secret, Suno and Kling on the
+/// simulator, immediate polls.
+pub fn jobs_config(sim: &SimHandle, queue_url: &str) -> LambdaConfig {
+    LambdaConfig {
+        jobs_queue_url: Some(queue_url.to_owned()),
+        callback_secret: Some(SecretSource::Value("moto-callback-secret".into())),
+        public_api_url: "http://127.0.0.1:9".into(),
+        suno: Some((sim.base_url.clone(), SecretSource::Value("sim".into()))),
+        kling: Some((sim.base_url.clone(), SecretSource::Value("sim".into()))),
+        job_policy: media_cache::service::JobPolicy {
+            first_poll: Duration::ZERO,
+            max_poll_delay: Duration::from_secs(1),
+            timeout: Duration::from_secs(1800),
+        },
+        ..lambda_config(sim)
+    }
+}
+
+/// Plays the SQS event source for the completion function: receives batches from the queue,
+/// runs each through `complete_batch` and deletes what it did not report as failed, until
+/// `done` says so (at most 60 s).
+pub async fn run_completion_until<F, Fut>(config: &LambdaConfig, queue_url: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    let sdk = sdk().await;
+    let (service, _) = media_cache::lambda::service(config, &sdk, Function::Jobs)
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "jobs did not finish");
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let messages = received.messages.unwrap_or_default();
+        let mut event = SqsEvent::default();
+        for m in &messages {
+            let mut record = SqsMessage::default();
+            record.message_id = m.message_id.clone();
+            record.receipt_handle = m.receipt_handle.clone();
+            record.body = m.body.clone();
+            event.records.push(record);
+        }
+        let response = media_cache::lambda::complete_batch(&service, event).await;
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        for m in messages {
+            if !failed.contains(&m.message_id.clone().unwrap_or_default()) {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle.unwrap_or_default())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
     }
 }

@@ -165,6 +165,28 @@ impl TestApp {
             .await
     }
 
+    /// POSTs the same JSON to `path` once per user, all at once; the answers in users' order.
+    pub async fn post_concurrently(
+        &self,
+        path: &str,
+        users: &[NewUser],
+        body: &Value,
+    ) -> Vec<Answer> {
+        let url = format!("{}{path}", self.server.base_url);
+        let tasks: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let request = self.http.post(&url).bearer_auth(&user.api_key).json(body);
+                tokio::spawn(async move { read(request.send().await.unwrap()).await })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    }
+
     /// GETs `path` with an optional key.
     pub async fn get(&self, path: &str, key: Option<&str>) -> Answer {
         let mut req = self.http.get(format!("{}{path}", self.server.base_url));

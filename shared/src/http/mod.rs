@@ -303,11 +303,25 @@ fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
             }
         }
     }
+    // API Gateway sets Host to the API's domain and X-Forwarded-Proto to https.
+    let origin = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|host| {
+            let proto = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| *p == "https" || *p == "http")
+                .unwrap_or("http");
+            format!("{proto}://{host}")
+        });
     Ok(CallContext {
         api_key,
         request_id,
         idempotency_key,
         cache_control,
+        origin,
     })
 }
 

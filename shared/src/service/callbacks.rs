@@ -24,7 +24,8 @@ impl std::fmt::Debug for CallbackSigner {
 pub const CALLBACK_PATH: &str = "/api/v1/callbacks";
 
 impl CallbackSigner {
-    /// Signs with `secret`; URLs start with `base_url` (the API as the provider reaches it).
+    /// Signs with `secret`; URLs start with `base_url` (the API as the provider reaches it;
+    /// empty: the origin the request came in on).
     pub fn new(secret: impl Into<Vec<u8>>, base_url: &str) -> Self {
         Self {
             secret: secret.into(),
@@ -45,11 +46,15 @@ impl CallbackSigner {
         format!("{job_id}.{tag}")
     }
 
-    /// The callback URL of `job_id` at `provider`.
-    pub fn url(&self, provider: &str, job_id: &str) -> String {
+    /// The callback URL of `job_id` at `provider`, on the configured base URL or else on
+    /// `origin` (where the request that started the job came in).
+    pub fn url(&self, provider: &str, job_id: &str, origin: Option<&str>) -> String {
+        let base = match (self.base_url.as_str(), origin) {
+            ("", Some(origin)) => origin.trim_end_matches('/'),
+            (base, _) => base,
+        };
         format!(
-            "{}{CALLBACK_PATH}/{provider}/{}",
-            self.base_url,
+            "{base}{CALLBACK_PATH}/{provider}/{}",
             self.token(provider, job_id)
         )
     }
@@ -81,8 +86,14 @@ mod tests {
         assert_eq!(signer.verify("kling", "job_1.zz"), None);
         assert!(
             signer
-                .url("kling", "job_1")
+                .url("kling", "job_1", Some("https://other"))
                 .starts_with("http://api/api/v1/callbacks/kling/job_1.")
+        );
+        let unset = CallbackSigner::new(b"secret".to_vec(), "");
+        assert!(
+            unset
+                .url("suno", "job_1", Some("https://x.example/"))
+                .starts_with("https://x.example/api/v1/callbacks/suno/job_1.")
         );
     }
 }

@@ -309,7 +309,9 @@ impl MediaService {
             self.fail_job(leader, failure).await?;
             return Err(ServiceError::Queue(e.0));
         }
-        let callback = parts.callbacks.url(&job.provider, &leader.id);
+        let callback = parts
+            .callbacks
+            .url(&job.provider, &leader.id, call.origin.as_deref());
         let submitted = match job.generator {
             Generator::Music(req) => parts.music_provider()?.submit_music(req, &callback).await,
             Generator::Video(req) => parts.video_provider()?.submit_video(req, &callback).await,

@@ -45,6 +45,8 @@ pub struct CallContext {
     pub idempotency_key: Option<String>,
     /// Cache directives.
     pub cache_control: CacheControl,
+    /// `{scheme}://{host}` the request came in on (callback URLs default to it).
+    pub origin: Option<String>,
 }
 
 /// How a request was answered, as `X-Cache` says it.
