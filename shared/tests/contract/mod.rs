@@ -26,6 +26,12 @@ macro_rules! store_contract {
             concurrent_charges_never_overdraw,
             the_ledger_lists_newest_first,
             charges_report_the_true_balance_even_after_a_stale_read,
+            a_job_starts_with_its_pending_entry_and_charge,
+            a_live_entry_blocks_a_second_start,
+            a_start_without_credits_writes_nothing,
+            followers_join_only_while_the_entry_is_pending_on_their_leader,
+            a_finished_job_never_changes_again,
+            a_failed_job_deletes_only_its_own_pending_entry,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

@@ -3,9 +3,9 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use media_cache::domain::{
     CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE, IDEMPOTENCY_TTL,
-    IdempotencyClaim, LedgerReason, MediaType, Refund, api_key_digest,
+    IdempotencyClaim, Job, JobFailure, JobStatus, LedgerReason, MediaType, Refund, api_key_digest,
 };
-use media_cache::ports::{ChargeError, Store};
+use media_cache::ports::{ChargeError, JobStart, Store};
 use media_cache::service::accounts::{create_user, generate_request_id};
 use serde_json::json;
 use std::sync::Arc;
@@ -380,4 +380,301 @@ pub async fn charges_report_the_true_balance_even_after_a_stale_read(store: Arc<
         }
     }
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 5);
+}
+
+fn video_key() -> CacheKey {
+    CacheKey::of(MediaType::Video, &json!({"nonce": generate_request_id()}))
+}
+
+fn job(owner: &str, cache_key: &CacheKey, leader: Option<&str>, charged: u64) -> Job {
+    let id = format!("job_{}", generate_request_id());
+    Job {
+        id,
+        owner: owner.into(),
+        media_type: MediaType::Video,
+        cache_key: cache_key.clone(),
+        leader: leader.map(Into::into),
+        request_id: generate_request_id(),
+        credits_charged: charged,
+        provider: "kling".into(),
+        model: "kling-v2-5-turbo".into(),
+        provider_task: None,
+        status: JobStatus::Queued,
+        attempts: 0,
+        result_keys: Vec::new(),
+        content_type: "video/mp4".into(),
+        failure: None,
+        request_params: r#"{"model":"kling-v2-5-turbo","prompt":"x"}"#.into(),
+        save_entry: true,
+        created_at: t0(),
+        updated_at: t0(),
+        deadline: t0() + Duration::minutes(30),
+    }
+}
+
+fn pending(job: &Job) -> CacheEntry {
+    CacheEntry {
+        cache_key: job.cache_key.clone(),
+        status: EntryStatus::Pending,
+        result_keys: Vec::new(),
+        content_type: "video/mp4".into(),
+        provider: "kling".into(),
+        model: "kling-v2-5-turbo".into(),
+        credits_used: job.credits_charged,
+        created_at: t0(),
+        hit_count: 0,
+        expires_at: job.deadline,
+        request_params: job.request_params.clone(),
+        job_id: Some(job.id.clone()),
+        lease_until: Some(job.deadline),
+    }
+}
+
+fn job_charge(job: &Job, reason: LedgerReason) -> Charge {
+    Charge {
+        user_id: job.owner.clone(),
+        amount: job.credits_charged,
+        reason,
+        request_id: job.request_id.clone(),
+        cache_key: job.cache_key.clone(),
+        count_hit: false,
+        seen_balance: None,
+        at: t0(),
+    }
+}
+
+async fn entry_of(store: &dyn Store, cache_key: &CacheKey) -> Option<CacheEntry> {
+    store
+        .lookup(&api_key_digest("mc_none"), Some(cache_key))
+        .await
+        .unwrap()
+        .entry
+}
+
+async fn start(store: &dyn Store, leader: &Job, replace_ready: bool) -> JobStart {
+    store
+        .start_job(
+            leader,
+            &pending(leader),
+            replace_ready,
+            &job_charge(leader, LedgerReason::Miss),
+        )
+        .await
+        .unwrap()
+}
+
+pub async fn a_job_starts_with_its_pending_entry_and_charge(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 100, t0()).await.unwrap();
+    let leader = job(&user.user_id, &video_key(), None, 50);
+    assert_eq!(
+        start(store.as_ref(), &leader, false).await,
+        JobStart::Started { balance: 50 }
+    );
+    assert_eq!(store.job(&leader.id).await.unwrap(), Some(leader.clone()));
+    let entry = entry_of(store.as_ref(), &leader.cache_key).await.unwrap();
+    assert_eq!(entry.status, EntryStatus::Pending);
+    assert_eq!(entry.joinable_job(t0()), Some(leader.id.as_str()));
+    let ledger = store.ledger(&user.user_id, 10).await.unwrap();
+    assert_eq!(ledger[0].amount, -50);
+    assert_eq!(ledger[0].request_id, leader.request_id);
+}
+
+pub async fn a_live_entry_blocks_a_second_start(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 500, t0()).await.unwrap();
+    let k = video_key();
+    let first = job(&user.user_id, &k, None, 50);
+    start(store.as_ref(), &first, false).await;
+    let second = job(&user.user_id, &k, None, 50);
+    match start(store.as_ref(), &second, true).await {
+        JobStart::EntryTaken(entry) => assert_eq!(entry.job_id.as_deref(), Some(first.id.as_str())),
+        other => panic!("a pending entry blocks even no-cache: {other:?}"),
+    }
+    assert_eq!(
+        store.job(&second.id).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    assert_eq!(
+        balance(store.as_ref(), &user.user_id).await,
+        450,
+        "nor charged"
+    );
+
+    // A ready entry blocks a plain start, not a no-cache one.
+    let ready = CacheEntry {
+        result_keys: vec!["video/a.mp4".into()],
+        status: EntryStatus::Ready,
+        expires_at: t0() + Duration::days(7),
+        job_id: None,
+        lease_until: None,
+        ..pending(&first)
+    };
+    let k2 = video_key();
+    store
+        .put_entry(&CacheEntry {
+            cache_key: k2.clone(),
+            ..ready
+        })
+        .await
+        .unwrap();
+    let third = job(&user.user_id, &k2, None, 50);
+    assert!(matches!(
+        start(store.as_ref(), &third, false).await,
+        JobStart::EntryTaken(_)
+    ));
+    assert!(matches!(
+        start(store.as_ref(), &third, true).await,
+        JobStart::Started { .. }
+    ));
+
+    // A pending entry whose lease ran out is taken over.
+    let k3 = video_key();
+    let stale = Job {
+        deadline: t0() - Duration::seconds(1),
+        ..job(&user.user_id, &k3, None, 50)
+    };
+    start(store.as_ref(), &stale, false).await;
+    let fresh = job(&user.user_id, &k3, None, 50);
+    assert!(matches!(
+        start(store.as_ref(), &fresh, false).await,
+        JobStart::Started { .. }
+    ));
+}
+
+pub async fn a_start_without_credits_writes_nothing(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let leader = job(&user.user_id, &video_key(), None, 50);
+    let result = store
+        .start_job(
+            &leader,
+            &pending(&leader),
+            false,
+            &job_charge(&leader, LedgerReason::Miss),
+        )
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(ChargeError::InsufficientCredits {
+                available: 10,
+                required: 50
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(store.job(&leader.id).await.unwrap(), None);
+    assert_eq!(entry_of(store.as_ref(), &leader.cache_key).await, None);
+}
+
+pub async fn followers_join_only_while_the_entry_is_pending_on_their_leader(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 100, t0()).await.unwrap();
+    let other = create_user(store.as_ref(), 100, t0()).await.unwrap();
+    let k = video_key();
+    let leader = job(&user.user_id, &k, None, 50);
+    start(store.as_ref(), &leader, false).await;
+    let follower = job(&other.user_id, &k, Some(&leader.id), 1);
+    let joined = store
+        .join_job(&follower, &job_charge(&follower, LedgerReason::Hit))
+        .await
+        .unwrap();
+    assert_eq!(joined, Some(99));
+    let wrong = job(&other.user_id, &k, Some("job_someone_else"), 1);
+    assert_eq!(
+        store
+            .join_job(&wrong, &job_charge(&wrong, LedgerReason::Hit))
+            .await
+            .unwrap(),
+        None,
+        "another leader's entry"
+    );
+    assert_eq!(
+        store.followers(&leader.id).await.unwrap(),
+        vec![follower.clone()]
+    );
+
+    let done = Job {
+        status: JobStatus::Completed,
+        result_keys: vec!["video/r.mp4".into()],
+        ..leader.clone()
+    };
+    let ready = CacheEntry {
+        status: EntryStatus::Ready,
+        result_keys: done.result_keys.clone(),
+        expires_at: t0() + Duration::days(7),
+        job_id: None,
+        lease_until: None,
+        ..pending(&leader)
+    };
+    assert!(store.finish_job(&done, Some(&ready)).await.unwrap());
+    let late = job(&other.user_id, &k, Some(&leader.id), 1);
+    assert_eq!(
+        store
+            .join_job(&late, &job_charge(&late, LedgerReason::Hit))
+            .await
+            .unwrap(),
+        None,
+        "too late: the entry is ready"
+    );
+    assert_eq!(
+        balance(store.as_ref(), &other.user_id).await,
+        99,
+        "charged once"
+    );
+    assert_eq!(store.followers(&leader.id).await.unwrap().len(), 1);
+    assert_eq!(entry_of(store.as_ref(), &k).await, Some(ready));
+}
+
+pub async fn a_finished_job_never_changes_again(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 100, t0()).await.unwrap();
+    let leader = job(&user.user_id, &video_key(), None, 50);
+    start(store.as_ref(), &leader, false).await;
+    let running = Job {
+        status: JobStatus::Processing,
+        provider_task: Some("text2video/t1".into()),
+        attempts: 1,
+        ..leader.clone()
+    };
+    assert!(store.update_job(&running).await.unwrap());
+    let failed = Job {
+        status: JobStatus::Failed,
+        failure: Some(JobFailure::new("timed_out", "too slow")),
+        ..running.clone()
+    };
+    assert!(store.finish_job(&failed, None).await.unwrap());
+    assert!(!store.finish_job(&failed, None).await.unwrap(), "once");
+    assert!(!store.update_job(&running).await.unwrap(), "terminal stays");
+    assert_eq!(store.job(&leader.id).await.unwrap(), Some(failed));
+}
+
+pub async fn a_failed_job_deletes_only_its_own_pending_entry(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 200, t0()).await.unwrap();
+    let k = video_key();
+    let leader = job(&user.user_id, &k, None, 50);
+    start(store.as_ref(), &leader, false).await;
+    let failed = Job {
+        status: JobStatus::Failed,
+        ..leader.clone()
+    };
+    assert!(store.finish_job(&failed, None).await.unwrap());
+    assert_eq!(
+        entry_of(store.as_ref(), &k).await,
+        None,
+        "the next request may start"
+    );
+
+    // A job whose entry was taken over leaves the new owner's entry alone.
+    let stale = Job {
+        deadline: t0() - Duration::seconds(1),
+        ..job(&user.user_id, &k, None, 50)
+    };
+    start(store.as_ref(), &stale, false).await;
+    let fresh = job(&user.user_id, &k, None, 50);
+    start(store.as_ref(), &fresh, false).await;
+    let stale_failed = Job {
+        status: JobStatus::Failed,
+        ..stale
+    };
+    assert!(store.finish_job(&stale_failed, None).await.unwrap());
+    let entry = entry_of(store.as_ref(), &k).await.unwrap();
+    assert_eq!(entry.job_id.as_deref(), Some(fresh.id.as_str()));
 }
