@@ -92,7 +92,11 @@ async fn url_results_download_until_they_expire() {
         .json()
         .await
         .unwrap();
-    assert_eq!(calls, json!({"speech": 0, "images": 2}));
+    assert_eq!(
+        calls,
+        json!({"speech": 0, "images": 2, "suno_generate": 0, "suno_record_info": 0,
+               "kling_create": 0, "kling_query": 0})
+    );
 }
 
 #[tokio::test]

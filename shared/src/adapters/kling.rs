@@ -1,7 +1,7 @@
 //! The Kling video client: text to video and image to video, task queries, result downloads.
 //! Auth is a plain API key or a JWT (HS256) made from an access key and a secret key.
 
-use super::task_http::{download, http_client, retry_after, transport_error};
+use super::task_http::{download, finished, http_client, send};
 use crate::domain::{GeneratedMedia, NormalizedVideoRequest};
 use crate::ports::{ProviderError, TaskProvider, TaskState, VideoProvider};
 use async_trait::async_trait;
@@ -119,15 +119,9 @@ impl KlingClient {
 
     /// Sends `req` and returns `data` of a `code: 0` answer.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
-        let resp = req
-            .bearer_auth(self.bearer())
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = resp.status();
-        let retry = retry_after(&resp);
-        let text = resp.text().await.map_err(|e| transport_error(&e))?;
-        match serde_json::from_str::<Envelope>(&text) {
+        let answer = send(req, &self.bearer()).await?;
+        let (status, retry) = (answer.status, answer.retry_after);
+        match serde_json::from_str::<Envelope>(&answer.text) {
             Ok(env) if env.code == 0 && status.is_success() => Ok(env.data),
             Ok(env) => Err(classify(status.as_u16(), env.code, &env.message, retry)),
             Err(_) => Err(classify(status.as_u16(), -1, "unreadable answer", retry)),
@@ -162,13 +156,7 @@ impl TaskProvider for KlingClient {
                             .collect()
                     })
                     .unwrap_or_default();
-                if urls.is_empty() {
-                    TaskState::Failed(ProviderError::BadResponse {
-                        message: "succeed without video URLs".into(),
-                    })
-                } else {
-                    TaskState::Succeeded { urls }
-                }
+                finished(urls)
             }
             "failed" => TaskState::Failed(ProviderError::Failed {
                 message: data["task_status_msg"]

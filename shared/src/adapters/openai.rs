@@ -2,6 +2,7 @@
 //! bounded retries on 408/409/429/5xx and connection failures honouring `retry-after-ms` and
 //! `retry-after`, and every failure classified for the caller.
 
+use super::task_http::transport_error;
 use crate::domain::{
     GeneratedMedia, NormalizedImageRequest, NormalizedMedia, NormalizedTtsRequest,
 };
@@ -202,18 +203,7 @@ async fn classify_status(resp: reqwest::Response) -> AttemptError {
 }
 
 fn classify_transport(e: &reqwest::Error) -> AttemptError {
-    let error = if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_decode() || e.is_body() {
-        ProviderError::BadResponse {
-            message: e.to_string(),
-        }
-    } else {
-        ProviderError::Unavailable {
-            message: format!("cannot reach provider: {e}"),
-            retry_after: None,
-        }
-    };
+    let error = transport_error(e);
     AttemptError {
         retryable: !matches!(error, ProviderError::BadResponse { .. }),
         error,

@@ -168,6 +168,25 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `f` in one IMMEDIATE transaction off the async runtime; commits when it returns Ok
+    /// (an error rolls everything back).
+    async fn transact<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(value)
+        })
+        .await
+    }
+
     /// Runs `f` on the connection off the async runtime.
     async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -346,12 +365,8 @@ fn charge_in(tx: &rusqlite::Transaction<'_>, c: &Charge) -> Result<u64, ChargeEr
 impl CreditStore for SqliteStore {
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
         let c = charge.clone();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let balance = charge_in(&tx, &c)?;
-            tx.commit().map_err(db_err)?;
+        self.transact(move |tx| {
+            let balance = charge_in(tx, &c)?;
             Ok(balance)
         })
         .await
@@ -359,13 +374,10 @@ impl CreditStore for SqliteStore {
 
     async fn refund(&self, refund: &Refund) -> Result<Option<u64>, StoreError> {
         let r = refund.clone();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.transact(move |tx| {
             let key = r.cache_key.to_string();
             let inserted = insert_ledger(
-                &tx,
+                tx,
                 &r.user_id,
                 r.at,
                 &r.request_id,
@@ -386,7 +398,6 @@ impl CreditStore for SqliteStore {
                     |row| row.get(0),
                 )
                 .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
             Ok(Some(balance as u64))
         })
         .await
@@ -433,10 +444,7 @@ impl CacheStore for SqliteStore {
 impl IdempotencyStore for SqliteStore {
     async fn claim(&self, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
         let c = claim.clone();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.transact(move |tx| {
             let now = c.at.timestamp();
             let existing: Option<(String, String, Option<String>, i64, i64)> = tx
                 .query_row(
@@ -472,7 +480,6 @@ impl IdempotencyStore for SqliteStore {
                 ],
             )
             .map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
             Ok(ClaimOutcome::Claimed)
         })
         .await
@@ -549,10 +556,7 @@ impl AccountStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<u64, ChargeError> {
         let (user_id, request_id) = (user_id.to_owned(), request_id.to_owned());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.transact(move |tx| {
             let balance: Option<i64> = tx
                 .query_row(
                     "UPDATE users SET credits_remaining = credits_remaining + ?2
@@ -566,7 +570,7 @@ impl AccountStore for SqliteStore {
                 return Err(ChargeError::UnknownUser);
             };
             let inserted = insert_ledger(
-                &tx,
+                tx,
                 &user_id,
                 now,
                 &request_id,
@@ -578,7 +582,6 @@ impl AccountStore for SqliteStore {
             if inserted == 0 {
                 return Err(StoreError(format!("grant {request_id} already applied")).into());
             }
-            tx.commit().map_err(db_err)?;
             Ok(balance as u64)
         })
         .await
@@ -740,24 +743,20 @@ impl JobStore for SqliteStore {
         charge: &Charge,
     ) -> Result<JobStart, ChargeError> {
         let (job, pending, charge) = (job.clone(), pending.clone(), charge.clone());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.transact(move |tx| {
             let now = job.created_at;
             let pk = pending.cache_key.to_string();
             // An unreadable entry is overwritten, like a missing one.
-            if let Some(existing) = read_entry(&tx, &pk).ok().flatten() {
+            if let Some(existing) = read_entry(tx, &pk).ok().flatten() {
                 let live = existing.joinable_job(now).is_some()
                     || (!replace_ready && existing.is_servable(now));
                 if live {
                     return Ok(JobStart::EntryTaken(Box::new(existing)));
                 }
             }
-            let balance = charge_in(&tx, &charge)?;
-            write_job(&tx, &job).map_err(db_err)?;
-            write_entry(&tx, &pending).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
+            let balance = charge_in(tx, &charge)?;
+            write_job(tx, &job).map_err(db_err)?;
+            write_entry(tx, &pending).map_err(db_err)?;
             Ok(JobStart::Started { balance })
         })
         .await
@@ -765,11 +764,8 @@ impl JobStore for SqliteStore {
 
     async fn join_job(&self, job: &Job, charge: &Charge) -> Result<Option<u64>, ChargeError> {
         let (job, charge) = (job.clone(), charge.clone());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let entry = read_entry(&tx, &job.cache_key.to_string()).map_err(db_err)?;
+        self.transact(move |tx| {
+            let entry = read_entry(tx, &job.cache_key.to_string()).map_err(db_err)?;
             let still_pending = entry
                 .as_ref()
                 .and_then(|e| e.joinable_job(charge.at))
@@ -777,9 +773,8 @@ impl JobStore for SqliteStore {
             if !still_pending {
                 return Ok(None);
             }
-            let balance = charge_in(&tx, &charge)?;
-            write_job(&tx, &job).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
+            let balance = charge_in(tx, &charge)?;
+            write_job(tx, &job).map_err(db_err)?;
             Ok(Some(balance))
         })
         .await
@@ -793,15 +788,11 @@ impl JobStore for SqliteStore {
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let job = job.clone();
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            if !job_is_open(&tx, &job.id).map_err(db_err)? {
+        self.transact(move |tx| {
+            if !job_is_open(tx, &job.id).map_err(db_err)? {
                 return Ok(false);
             }
-            write_job(&tx, &job).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
+            write_job(tx, &job).map_err(db_err)?;
             Ok(true)
         })
         .await
@@ -809,28 +800,24 @@ impl JobStore for SqliteStore {
 
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
         let (job, ready) = (job.clone(), ready.cloned());
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            if !job_is_open(&tx, &job.id).map_err(db_err)? {
+        self.transact(move |tx| {
+            if !job_is_open(tx, &job.id).map_err(db_err)? {
                 return Ok(false);
             }
-            write_job(&tx, &job).map_err(db_err)?;
+            write_job(tx, &job).map_err(db_err)?;
             let pk = job.cache_key.to_string();
-            let ours = read_entry(&tx, &pk).ok().flatten().is_some_and(|e| {
+            let ours = read_entry(tx, &pk).ok().flatten().is_some_and(|e| {
                 e.status == EntryStatus::Pending && e.job_id.as_deref() == Some(&job.id)
             });
             if ours {
                 match &ready {
-                    Some(entry) => write_entry(&tx, entry).map_err(db_err)?,
+                    Some(entry) => write_entry(tx, entry).map_err(db_err)?,
                     None => {
                         tx.execute("DELETE FROM cache_entries WHERE pk = ?1", [&pk])
                             .map_err(db_err)?;
                     }
                 }
             }
-            tx.commit().map_err(db_err)?;
             Ok(true)
         })
         .await
@@ -877,10 +864,7 @@ impl SqliteStore {
         visibility: std::time::Duration,
         max_receives: u32,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+        self.transact(move |tx| {
             let now = epoch_ms();
             tx.execute(
                 "UPDATE queue SET dead = 1 WHERE dead = 0 AND visible_at <= ?1 AND receive_count >= ?2",
@@ -904,7 +888,6 @@ impl SqliteStore {
                 .collect::<Result<_, _>>()
                 .map_err(db_err)?
             };
-            tx.commit().map_err(db_err)?;
             let mut received = Vec::with_capacity(rows.len());
             for (receipt, body, receive_count) in rows {
                 match serde_json::from_str(&body) {
@@ -915,7 +898,7 @@ impl SqliteStore {
                     }),
                     Err(e) => {
                         tracing::error!(receipt, error = %e, "unreadable queue message dropped");
-                        conn.execute("UPDATE queue SET dead = 1 WHERE id = ?1", [receipt])
+                        tx.execute("UPDATE queue SET dead = 1 WHERE id = ?1", [receipt])
                             .map_err(db_err)?;
                     }
                 }

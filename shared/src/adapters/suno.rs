@@ -1,7 +1,7 @@
 //! The Suno music client (sunoapi.org style): create a task, read its record, download the songs.
 //! Every answer is `{"code", "msg", "data"}`; `code` says what happened whatever the HTTP status.
 
-use super::task_http::{download, http_client, retry_after, transport_error};
+use super::task_http::{download, finished, http_client, send};
 use crate::domain::{GeneratedMedia, NormalizedMusicRequest};
 use crate::ports::{MusicProvider, ProviderError, TaskProvider, TaskState};
 use async_trait::async_trait;
@@ -79,15 +79,9 @@ impl SunoClient {
 
     /// Sends `req` and returns `data` of a `code: 200` answer.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
-        let resp = req
-            .bearer_auth(&self.config.api_key)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = resp.status();
-        let retry = retry_after(&resp);
-        let text = resp.text().await.map_err(|e| transport_error(&e))?;
-        match serde_json::from_str::<Envelope>(&text) {
+        let answer = send(req, &self.config.api_key).await?;
+        let (status, retry) = (answer.status, answer.retry_after);
+        match serde_json::from_str::<Envelope>(&answer.text) {
             Ok(env) if env.code == 200 && status.is_success() => Ok(env.data),
             Ok(env) if env.code != 200 => Err(classify(env.code, &env.msg, retry)),
             _ => Err(classify(i64::from(status.as_u16()), "", retry)),
@@ -134,13 +128,7 @@ impl TaskProvider for SunoClient {
                             .collect()
                     })
                     .unwrap_or_default();
-                if urls.is_empty() {
-                    TaskState::Failed(ProviderError::BadResponse {
-                        message: "SUCCESS without audio URLs".into(),
-                    })
-                } else {
-                    TaskState::Succeeded { urls }
-                }
+                finished(urls)
             }
             "CREATE_TASK_FAILED"
             | "GENERATE_AUDIO_FAILED"

@@ -1,8 +1,9 @@
-//! What the long-task provider clients (Suno, Kling) share: the HTTP client, failures of the
-//! transport, and downloading a result from the provider's CDN.
+//! What the provider clients share: the HTTP client, failures of the transport, and (for the
+//! long-task clients, Suno and Kling) sending a call, reading a finished task, downloading a
+//! result from the provider's CDN.
 
 use crate::domain::GeneratedMedia;
-use crate::ports::ProviderError;
+use crate::ports::{ProviderError, TaskState};
 use std::time::Duration;
 
 /// An HTTP client with `timeout` per request (rustls with ring, like the OpenAI client).
@@ -34,7 +35,7 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> ProviderError {
 }
 
 /// `Retry-After` in seconds, when the provider sent one.
-pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
@@ -78,4 +79,45 @@ pub(crate) async fn download(
         bytes,
         content_type: content_type.to_owned(),
     })
+}
+
+/// A provider's answer, read whole: status, `Retry-After`, body.
+pub(crate) struct Answer {
+    /// HTTP status.
+    pub status: reqwest::StatusCode,
+    /// `Retry-After`, when sent.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub text: String,
+}
+
+/// Sends `req` with `bearer` and reads the whole answer; only a failed exchange is an error.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    bearer: &str,
+) -> Result<Answer, ProviderError> {
+    let resp = req
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    let status = resp.status();
+    let retry_after = retry_after(&resp);
+    let text = resp.text().await.map_err(|e| transport_error(&e))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        text,
+    })
+}
+
+/// A task the provider reports finished with these result URLs (none is a bad answer).
+pub(crate) fn finished(urls: Vec<String>) -> TaskState {
+    if urls.is_empty() {
+        TaskState::Failed(ProviderError::BadResponse {
+            message: "a finished task without result URLs".into(),
+        })
+    } else {
+        TaskState::Succeeded { urls }
+    }
 }

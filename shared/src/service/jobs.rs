@@ -8,8 +8,8 @@ use super::{
 };
 use crate::domain::job::poll_delay;
 use crate::domain::{
-    CACHE_TTL, CacheEntry, Charge, EntryStatus, Job, JobFailure, JobMessage, JobStatus,
-    LedgerReason, MediaType,
+    CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus, LedgerReason,
+    MediaType,
 };
 use crate::ports::{
     JobQueue, JobStart, Lookup, MusicProvider, ProviderError, TaskProvider, TaskState,
@@ -223,16 +223,7 @@ impl MediaService {
                 job_id: Some(leader.id.clone()),
                 lease_until: Some(leader.deadline),
             };
-            let charge = Charge {
-                user_id: user_id.to_owned(),
-                amount: job.price,
-                reason: LedgerReason::Miss,
-                request_id: call.request_id.clone(),
-                cache_key: job.cache_key.clone(),
-                count_hit: false,
-                seen_balance: balance,
-                at: now,
-            };
+            let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
             let started = self
                 .store
                 .start_job(&leader, &pending, call.cache_control.no_cache, &charge)
@@ -265,16 +256,7 @@ impl MediaService {
         let mut follower = self.new_job(call, user_id, job, Some(leader_id.to_owned()), now)?;
         let price = self.pricing.hit(job.price);
         follower.credits_charged = price;
-        let charge = Charge {
-            user_id: user_id.to_owned(),
-            amount: price,
-            reason: LedgerReason::Hit,
-            request_id: call.request_id.clone(),
-            cache_key: job.cache_key.clone(),
-            count_hit: false,
-            seen_balance,
-            at: now,
-        };
+        let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen_balance, now);
         let Some(remaining) = self.store.join_job(&follower, &charge).await? else {
             return Ok(None);
         };

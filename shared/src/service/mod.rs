@@ -170,6 +170,30 @@ struct MediaJob<'a> {
     generator: Generator<'a>,
 }
 
+impl MediaJob<'_> {
+    /// The charge of `amount` for this request, counting no hit.
+    fn charge(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        amount: u64,
+        reason: LedgerReason,
+        seen_balance: Option<u64>,
+        at: DateTime<Utc>,
+    ) -> Charge {
+        Charge {
+            user_id: user_id.to_owned(),
+            amount,
+            reason,
+            request_id: call.request_id.clone(),
+            cache_key: self.cache_key.clone(),
+            count_hit: false,
+            seen_balance,
+            at,
+        }
+    }
+}
+
 impl<'a> MediaJob<'a> {
     fn of<N: NormalizedMedia>(
         norm: &N,
@@ -437,17 +461,19 @@ impl MediaService {
         seen_balance: Option<u64>,
     ) -> Result<Generation, ServiceError> {
         let price = self.pricing.hit(job.price);
+        let charge = job.charge(
+            call,
+            user_id,
+            price,
+            LedgerReason::Hit,
+            seen_balance,
+            self.clock.now(),
+        );
         let remaining = self
             .store
             .charge(&Charge {
-                user_id: user_id.to_owned(),
-                amount: price,
-                reason: LedgerReason::Hit,
-                request_id: call.request_id.clone(),
-                cache_key: job.cache_key.clone(),
                 count_hit: true,
-                seen_balance,
-                at: self.clock.now(),
+                ..charge
             })
             .await?;
         Ok(Generation {
@@ -477,19 +503,15 @@ impl MediaService {
     ) -> Result<Generation, ServiceError> {
         let now = self.clock.now();
         let media_type = job.cache_key.media_type();
-        let remaining = self
-            .store
-            .charge(&Charge {
-                user_id: user_id.to_owned(),
-                amount: job.price,
-                reason: LedgerReason::Miss,
-                request_id: call.request_id.clone(),
-                cache_key: job.cache_key.clone(),
-                count_hit: false,
-                seen_balance: lookup.balance,
-                at: now,
-            })
-            .await?;
+        let charge = job.charge(
+            call,
+            user_id,
+            job.price,
+            LedgerReason::Miss,
+            lookup.balance,
+            now,
+        );
+        let remaining = self.store.charge(&charge).await?;
         let started = std::time::Instant::now();
         let generated = self.generate_now(&job.generator).await.and_then(|media| {
             if media.is_empty() {
