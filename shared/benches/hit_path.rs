@@ -1,14 +1,20 @@
 //! The cache-hit path on the embedded store: normalise, key, one batch read (API key + entry),
-//! one transaction (charge + ledger line + hit count). Run: `cargo bench -p media-cache`.
+//! one transaction (charge + ledger line + hit count); and the join path of a request identical
+//! to a video job in flight (single flight). Run: `cargo bench -p media-cache`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
+use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::sqlite::SqliteStore;
 use media_cache::clock::SystemClock;
-use media_cache::domain::{NormalizedMedia, PriceTable, TtsRequest};
+use media_cache::domain::{NormalizedMedia, PriceTable, TtsRequest, VideoRequest};
 use media_cache::service::accounts::{create_user, generate_request_id};
-use media_cache::service::{CacheOutcome, CallContext, MediaRequest, MediaService};
+use media_cache::service::{
+    Answer, CacheOutcome, CallContext, CallbackSigner, JobParts, JobPolicy, MediaRequest,
+    MediaService,
+};
+use std::time::Duration;
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -34,7 +40,12 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (service, api_key, _sim) = rt.block_on(async {
-        let sim = provider_sim::spawn(Default::default(), "127.0.0.1:0".parse().unwrap())
+        // Video tasks never finish here: the first request's job stays pending to be joined.
+        let sim_config = provider_sim::SimConfig {
+            task_duration: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
+        let sim = provider_sim::spawn(sim_config, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let store = SqliteStore::open(&dir.path().join("bench.db")).unwrap();
@@ -47,6 +58,18 @@ fn bench(c: &mut Criterion) {
         let user = create_user(&store, 1_000_000_000, chrono::Utc::now())
             .await
             .unwrap();
+        let kling = KlingClient::new(KlingConfig::new(
+            &sim.base_url,
+            KlingAuth::ApiKey("k".into()),
+        ))
+        .unwrap();
+        let jobs = JobParts {
+            queue: Arc::new(store.clone()),
+            callbacks: CallbackSigner::new(vec![2u8; 32], "http://127.0.0.1:8080"),
+            policy: JobPolicy::default(),
+            music: None,
+            video: Some(Arc::new(kling)),
+        };
         let service = MediaService::new(
             Arc::new(store),
             Arc::new(objects),
@@ -54,7 +77,8 @@ fn bench(c: &mut Criterion) {
             openai,
             PriceTable::default(),
             Arc::new(SystemClock),
-        );
+        )
+        .with_jobs(jobs);
         (service, user.api_key, sim)
     });
     let call = |api_key: &str| CallContext {
@@ -80,6 +104,27 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
             assert_eq!(generation.outcome, CacheOutcome::Hit);
             black_box(generation)
+        })
+    });
+
+    let video = || {
+        MediaRequest::Video(VideoRequest {
+            prompt: Some("a paper boat on a rainy street".into()),
+            ..Default::default()
+        })
+    };
+    let leader = rt
+        .block_on(service.generate(&call(&api_key), &video()))
+        .unwrap();
+    assert!(matches!(leader, Answer::Job(ref t) if t.outcome == CacheOutcome::Miss));
+    c.bench_function("join_path/sqlite", |b| {
+        b.to_async(&rt).iter(|| async {
+            let answer = service.generate(&call(&api_key), &video()).await.unwrap();
+            let Answer::Job(ticket) = answer else {
+                panic!("a pending job is joined, not served")
+            };
+            assert_eq!(ticket.outcome, CacheOutcome::Coalesced);
+            black_box(ticket)
         })
     });
 }

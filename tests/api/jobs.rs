@@ -413,3 +413,22 @@ async fn provider_errors_of_each_class_fail_clearly_and_refund() {
     }
     balanced(&app, &user, 1000).await;
 }
+
+#[tokio::test]
+async fn an_idempotent_retry_of_a_job_request_gets_the_same_job_and_pays_once() {
+    let app = TestApp::start().await;
+    let user = app.user(100).await;
+    let body = video("retried").to_string();
+    let headers = [("idempotency-key", "video-retry-1")];
+    let first = app
+        .post_raw("/api/v1/media/video", Some(&user.api_key), &headers, body.clone())
+        .await;
+    let retry = app
+        .post_raw("/api/v1/media/video", Some(&user.api_key), &headers, body)
+        .await;
+    assert_eq!((first.status, retry.status), (202, 202));
+    assert_eq!(retry.json["job_id"], first.json["job_id"]);
+    assert_eq!(retry.header("idempotent-replayed"), "true");
+    assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1);
+    assert_eq!(app.balance(&user).await, 50, "charged once");
+}

@@ -1007,6 +1007,7 @@ impl JobStore for DynamoStore {
         };
         let mut link = key(format!("JOB#{leader}"), &format!("FOLLOWER#{}", job.id));
         link.insert("job_id".into(), s(&job.id));
+        link.insert("ttl".into(), n(job.expires_at().timestamp()));
         let still_pending = ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(key(job.cache_key.to_string(), "RESULT")))
