@@ -14,9 +14,9 @@ use media_cache::service::{
     Answer, CacheOutcome, CallContext, CallbackSigner, JobParts, JobPolicy, MediaRequest,
     MediaService,
 };
-use std::time::Duration;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn tts_request() -> TtsRequest {
     TtsRequest {

@@ -421,7 +421,12 @@ async fn an_idempotent_retry_of_a_job_request_gets_the_same_job_and_pays_once() 
     let body = video("retried").to_string();
     let headers = [("idempotency-key", "video-retry-1")];
     let first = app
-        .post_raw("/api/v1/media/video", Some(&user.api_key), &headers, body.clone())
+        .post_raw(
+            "/api/v1/media/video",
+            Some(&user.api_key),
+            &headers,
+            body.clone(),
+        )
         .await;
     let retry = app
         .post_raw("/api/v1/media/video", Some(&user.api_key), &headers, body)
