@@ -1,5 +1,5 @@
-//! The store and object storage contracts on the AWS adapters (DynamoDB, S3), against the AWS
-//! emulator that `scripts/test.sh` starts.
+//! The store, job queue and object storage contracts on the AWS adapters (DynamoDB, SQS, S3),
+//! against the AWS emulator that `scripts/test.sh` starts.
 
 #![cfg(feature = "aws")]
 
@@ -56,4 +56,60 @@ mod s3 {
     }
 
     crate::object_contract!(harness());
+}
+
+mod sqs {
+    use super::contract::queue::QueueHarness;
+    use super::env;
+    use media_cache::adapters::sqs_queue::SqsJobQueue;
+    use std::sync::Arc;
+
+    async fn harness() -> QueueHarness {
+        env("AWS_ENDPOINT_URL");
+        let sdk = media_cache::lambda::sdk_config().await;
+        let client = aws_sdk_sqs::Client::new(&sdk);
+        let name = format!(
+            "contract-{}",
+            media_cache::service::accounts::generate_request_id()
+        );
+        let url = client
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let (consumer, queue_url) = (client.clone(), url.clone());
+        QueueHarness {
+            queue: Arc::new(SqsJobQueue::new(client, url)),
+            receive: Box::new(move || {
+                let (consumer, queue_url) = (consumer.clone(), queue_url.clone());
+                Box::pin(async move {
+                    let out = consumer
+                        .receive_message()
+                        .queue_url(&queue_url)
+                        .max_number_of_messages(10)
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut messages = Vec::new();
+                    for m in out.messages.unwrap_or_default() {
+                        consumer
+                            .delete_message()
+                            .queue_url(&queue_url)
+                            .receipt_handle(m.receipt_handle.unwrap_or_default())
+                            .send()
+                            .await
+                            .unwrap();
+                        messages.push(serde_json::from_str(&m.body.unwrap_or_default()).unwrap());
+                    }
+                    messages
+                })
+            }),
+            _guard: Box::new(()),
+        }
+    }
+
+    crate::queue_contract!(harness());
 }

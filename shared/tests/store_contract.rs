@@ -1,4 +1,5 @@
-//! The store and object storage contracts on the embedded adapters (SQLite, local files).
+//! The store, job queue and object storage contracts on the embedded adapters (SQLite, local
+//! files).
 
 mod contract;
 
@@ -46,4 +47,38 @@ mod filesystem {
     async fn a_url_for_one_key_does_not_serve_another() {
         super::contract::objects::a_url_for_one_key_does_not_serve_another(harness().await).await;
     }
+}
+
+mod sqlite_queue {
+    use super::contract::queue::QueueHarness;
+    use media_cache::adapters::sqlite::SqliteStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn harness() -> QueueHarness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("queue.db")).unwrap();
+        let consumer = store.clone();
+        QueueHarness {
+            queue: Arc::new(store),
+            receive: Box::new(move || {
+                let consumer = consumer.clone();
+                Box::pin(async move {
+                    let received = consumer
+                        .receive_messages(10, Duration::from_secs(30), 5)
+                        .await
+                        .unwrap();
+                    let mut messages = Vec::new();
+                    for r in received {
+                        consumer.delete_message(r.receipt).await.unwrap();
+                        messages.push(r.message);
+                    }
+                    messages
+                })
+            }),
+            _guard: Box::new(dir),
+        }
+    }
+
+    crate::queue_contract!(harness());
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod objects;
+pub mod queue;
 pub mod store;
 
 /// Declares the store contract tests for an adapter: `store_contract!(factory_expr)` where the
@@ -62,6 +63,27 @@ macro_rules! object_contract {
             async fn $case() {
                 let harness = $factory.await;
                 $crate::contract::objects::$case(harness).await;
+            }
+        )+
+    };
+}
+
+/// Declares the job queue contract tests: the expression is an async block evaluating to a
+/// `contract::queue::QueueHarness`.
+#[macro_export]
+macro_rules! queue_contract {
+    ($factory:expr) => {
+        $crate::queue_contract!(@cases $factory;
+            a_sent_message_arrives_whole,
+            a_delayed_message_waits_its_delay,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::queue::$case(harness).await;
             }
         )+
     };
