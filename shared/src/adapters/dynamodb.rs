@@ -1082,7 +1082,12 @@ impl JobStore for DynamoStore {
     }
 
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
-        let entry_key = key(job.cache_key.to_string(), "RESULT");
+        // The entry changes only while it is pending on this job.
+        let names = HashMap::from([("#status".to_owned(), "status".to_owned())]);
+        let values = HashMap::from([
+            (":pending".to_owned(), s(EntryStatus::Pending.as_str())),
+            (":job".to_owned(), s(&job.id)),
+        ]);
         let entry_item = match ready {
             Some(entry) => TransactWriteItem::builder()
                 .put(
@@ -1090,9 +1095,8 @@ impl JobStore for DynamoStore {
                         .table_name(&self.table)
                         .set_item(Some(self.entry_item(entry)))
                         .condition_expression(PENDING_ON_JOB)
-                        .expression_attribute_names("#status", "status")
-                        .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
-                        .expression_attribute_values(":job", s(&job.id))
+                        .set_expression_attribute_names(Some(names))
+                        .set_expression_attribute_values(Some(values))
                         .build()
                         .map_err(build_err)?,
                 )
@@ -1101,11 +1105,10 @@ impl JobStore for DynamoStore {
                 .delete(
                     Delete::builder()
                         .table_name(&self.table)
-                        .set_key(Some(entry_key))
+                        .set_key(Some(key(job.cache_key.to_string(), "RESULT")))
                         .condition_expression(PENDING_ON_JOB)
-                        .expression_attribute_names("#status", "status")
-                        .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
-                        .expression_attribute_values(":job", s(&job.id))
+                        .set_expression_attribute_names(Some(names))
+                        .set_expression_attribute_values(Some(values))
                         .build()
                         .map_err(build_err)?,
                 )

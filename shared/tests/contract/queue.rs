@@ -42,7 +42,7 @@ pub async fn a_sent_message_arrives_whole(h: QueueHarness) {
             break;
         }
     }
-    got.sort_by(|a, b| a.poll.cmp(&b.poll));
+    got.sort_by_key(|m| m.poll);
     assert_eq!(got, vec![nudge, polling]);
 }
 
