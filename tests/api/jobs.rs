@@ -268,6 +268,10 @@ async fn another_users_job_is_not_found() {
         .get("/api/v1/media/jobs/job_nope", Some(&owner.api_key))
         .await;
     assert_eq!(unknown.status, 404);
+    let huge = format!("/api/v1/media/jobs/job_{}", "a".repeat(4000));
+    let huge = app.get(&huge, Some(&owner.api_key)).await;
+    assert_eq!(huge.status, 404, "{:?}", huge.json);
+    assert_eq!(huge.json["error"]["code"], "not_found");
 }
 
 #[tokio::test]

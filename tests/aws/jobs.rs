@@ -232,3 +232,105 @@ async fn a_failed_task_refunds_every_user_and_strangers_and_forgers_get_404() {
         assert_eq!(ledger_sum(&store, user).await, 100, "ledger balanced");
     }
 }
+
+/// A warm join is a hit's two round trips: the batch read and one transaction (charge, follower,
+/// the check that the entry is still pending), with the balance known from the read.
+#[tokio::test]
+async fn a_warm_join_is_two_dynamodb_round_trips() {
+    use crate::support::CallLog;
+    use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
+    use media_cache::adapters::s3_objects::S3ObjectStore;
+    use media_cache::adapters::sqs_queue::SqsJobQueue;
+    use media_cache::domain::{PriceTable, VideoRequest};
+    use media_cache::service::{
+        Answer, CacheOutcome, CallContext, CallbackSigner, JobParts, JobPolicy, MediaRequest,
+        MediaService,
+    };
+    use std::sync::Arc;
+
+    let sim = provider_sim::spawn(
+        provider_sim::SimConfig {
+            task_duration: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let sdk = sdk().await;
+    let queue = jobs_queue(&sdk).await;
+    let log = CallLog::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(log.clone())
+            .build(),
+    );
+    let store = Arc::new(DynamoStore::new(
+        client,
+        env("MEDIA_TEST_TABLE"),
+        format!("s3://{}/", env("MEDIA_TEST_BUCKET")),
+    ));
+    let kling = KlingClient::new(KlingConfig::new(
+        &sim.base_url,
+        KlingAuth::ApiKey("k".into()),
+    ))
+    .unwrap();
+    let openai = Arc::new(
+        media_cache::adapters::openai::OpenAiClient::new(
+            media_cache::adapters::openai::OpenAiConfig::new(&sim.base_url, "k"),
+        )
+        .unwrap(),
+    );
+    let service = MediaService::new(
+        store.clone(),
+        Arc::new(S3ObjectStore::new(
+            media_cache::lambda::s3_client(&sdk),
+            env("MEDIA_TEST_BUCKET"),
+            None,
+        )),
+        openai.clone(),
+        openai,
+        PriceTable::default(),
+        Arc::new(media_cache::clock::SystemClock),
+    )
+    .with_jobs(JobParts {
+        queue: Arc::new(SqsJobQueue::new(aws_sdk_sqs::Client::new(&sdk), queue)),
+        callbacks: CallbackSigner::new(b"secret".to_vec(), "http://127.0.0.1:9"),
+        policy: JobPolicy::default(),
+        music: None,
+        video: Some(Arc::new(kling)),
+    });
+    let leader = create_user(store.as_ref(), 100, chrono::Utc::now())
+        .await
+        .unwrap();
+    let joiner = create_user(store.as_ref(), 100, chrono::Utc::now())
+        .await
+        .unwrap();
+    let request = MediaRequest::Video(VideoRequest {
+        prompt: Some(format!("round trips {}", generate_request_id())),
+        ..Default::default()
+    });
+    let call = |user: &NewUser| CallContext {
+        api_key: Some(user.api_key.clone()),
+        request_id: generate_request_id(),
+        ..Default::default()
+    };
+    let started = service.generate(&call(&leader), &request).await.unwrap();
+    assert!(matches!(started, Answer::Job(ref t) if t.outcome == CacheOutcome::Miss));
+    // The joiner's instance learns who owns its key (as any earlier request would teach it).
+    service.statement(&call(&joiner), 1).await.unwrap();
+
+    log.clear();
+    let joined = service.generate(&call(&joiner), &request).await.unwrap();
+    let Answer::Job(ticket) = joined else {
+        panic!("{joined:?}")
+    };
+    assert_eq!(ticket.outcome, CacheOutcome::Coalesced);
+    assert_eq!(log.calls(), vec!["BatchGetItem", "TransactWriteItems"]);
+    assert_eq!(ticket.credits_remaining, 99);
+    assert_eq!(
+        balance(&store, &joiner).await,
+        99,
+        "the reported balance is real"
+    );
+}

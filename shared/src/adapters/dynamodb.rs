@@ -263,34 +263,61 @@ impl DynamoStore {
             .and_then(|i| get_n(&i, "credits_remaining")))
     }
 
-    /// One charge transaction. `exact` makes the balance condition `= seen` so the new balance is
-    /// known without a read.
-    async fn charge_once(
+    /// A charge (debit and ledger line) in one transaction with `extra` items, which follow them
+    /// from index 2. The balance condition is `= seen` while the caller's read is fresh, so the
+    /// new balance is known without another read; a balance moved meanwhile retries without it.
+    async fn charge_with(
         &self,
         c: &Charge,
-        exact: Option<u64>,
-        count_hit: bool,
-    ) -> Result<(), TransactFailure> {
-        let mut items = self
-            .charge_items(c, exact)
-            .map_err(TransactFailure::Store)?;
-        if count_hit {
-            items.push(
-                TransactWriteItem::builder()
-                    .update(
-                        Update::builder()
-                            .table_name(&self.table)
-                            .set_key(Some(key(c.cache_key.to_string(), "RESULT")))
-                            .update_expression("ADD hit_count :one")
-                            .condition_expression("attribute_exists(PK)")
-                            .expression_attribute_values(":one", n(1))
-                            .build()
-                            .map_err(|e| TransactFailure::Store(build_err(e)))?,
-                    )
-                    .build(),
-            );
+        extra: &[TransactWriteItem],
+    ) -> Result<Charged, ChargeError> {
+        let mut exact = c.seen_balance.filter(|b| *b >= c.amount);
+        // At most: the exact attempt and a plain one.
+        for _ in 0..2 {
+            let mut items = self.charge_items(c, exact)?;
+            items.extend_from_slice(extra);
+            match transact(&self.client, items).await {
+                Ok(()) => {
+                    let balance = match exact {
+                        Some(seen) => seen - c.amount,
+                        // The write cannot return the balance: read it (only off the warm path).
+                        None => self.balance(&c.user_id).await?.unwrap_or(0),
+                    };
+                    return Ok(Charged::Done(balance));
+                }
+                Err(TransactFailure::Condition { index: 0, old }) => {
+                    let available = match old {
+                        Some(old) => get_n(&old, "credits_remaining").unwrap_or(0),
+                        // No profile came back: it may not exist, or the store did not say.
+                        None => self
+                            .balance(&c.user_id)
+                            .await?
+                            .ok_or(ChargeError::UnknownUser)?,
+                    };
+                    if available < c.amount {
+                        return Err(ChargeError::InsufficientCredits {
+                            available,
+                            required: c.amount,
+                        });
+                    }
+                    // Another request moved the balance since we read it: charge without `= seen`.
+                    exact = None;
+                }
+                Err(TransactFailure::Condition { index: 1, .. }) => {
+                    return Err(
+                        StoreError(format!("request {} already charged", c.request_id)).into(),
+                    );
+                }
+                Err(TransactFailure::Condition { index, old }) => {
+                    return Ok(Charged::ExtraFailed {
+                        index: index - 2,
+                        old,
+                    });
+                }
+                Err(TransactFailure::Store(e)) => return Err(e.into()),
+            }
         }
-        transact(&self.client, items).await
+        Err(StoreError("charge did not settle after retries".into()).into())
     }
 
     /// The debit (balance condition first) and the ledger put of a charge: items 0 and 1 of its
@@ -329,18 +356,14 @@ impl DynamoStore {
             ))?,
         ])
     }
+}
 
-    /// Why a charge's debit (item 0) did not hold: the balance, or the user is gone.
-    async fn debit_refused(&self, c: &Charge) -> ChargeError {
-        match self.balance(&c.user_id).await {
-            Ok(None) => ChargeError::UnknownUser,
-            Ok(Some(available)) => ChargeError::InsufficientCredits {
-                available,
-                required: c.amount,
-            },
-            Err(e) => e.into(),
-        }
-    }
+/// What a charge with extra items did.
+enum Charged {
+    /// Committed; the new balance.
+    Done(u64),
+    /// Extra item `index` (0 = the first extra) failed its condition; nothing was written.
+    ExtraFailed { index: usize, old: Option<Item> },
 }
 
 /// Why a transaction did not commit.
@@ -453,60 +476,28 @@ impl LookupStore for DynamoStore {
 #[async_trait]
 impl CreditStore for DynamoStore {
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
-        let mut count_hit = charge.count_hit;
-        let mut exact = charge.seen_balance.filter(|b| *b >= charge.amount);
-        // At most: exact attempt, entry-gone retry, plain attempt.
-        for _ in 0..3 {
-            match self.charge_once(charge, exact, count_hit).await {
-                Ok(()) => {
-                    return match exact {
-                        Some(seen) => Ok(seen - charge.amount),
-                        // The write cannot return the balance: read it (only off the warm path).
-                        None => Ok(self.balance(&charge.user_id).await?.unwrap_or(0)),
-                    };
-                }
-                Err(TransactFailure::Condition { index: 0, old }) => {
-                    let Some(old) = old else {
-                        // No profile came back: it may not exist, or the store did not say.
-                        match self.balance(&charge.user_id).await? {
-                            None => return Err(ChargeError::UnknownUser),
-                            Some(b) if b < charge.amount => {
-                                return Err(ChargeError::InsufficientCredits {
-                                    available: b,
-                                    required: charge.amount,
-                                });
-                            }
-                            Some(_) => {
-                                exact = None;
-                                continue;
-                            }
-                        }
-                    };
-                    let available = get_n(&old, "credits_remaining").unwrap_or(0);
-                    if available < charge.amount {
-                        return Err(ChargeError::InsufficientCredits {
-                            available,
-                            required: charge.amount,
-                        });
-                    }
-                    // Another request moved the balance since we read it: charge without `= seen`.
-                    exact = None;
-                }
-                Err(TransactFailure::Condition { index: 2, .. }) => {
-                    // The entry vanished between read and charge: still charge, count nothing.
-                    count_hit = false;
-                }
-                Err(TransactFailure::Condition { .. }) => {
-                    return Err(StoreError(format!(
-                        "request {} already charged",
-                        charge.request_id
-                    ))
-                    .into());
-                }
-                Err(TransactFailure::Store(e)) => return Err(e.into()),
-            }
+        let mut extra = Vec::new();
+        if charge.count_hit {
+            let count = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(charge.cache_key.to_string(), "RESULT")))
+                .update_expression("ADD hit_count :one")
+                .condition_expression("attribute_exists(PK)")
+                .expression_attribute_values(":one", n(1))
+                .build()
+                .map_err(build_err)?;
+            extra.push(TransactWriteItem::builder().update(count).build());
         }
-        Err(StoreError("charge did not settle after retries".into()).into())
+        match self.charge_with(charge, &extra).await? {
+            Charged::Done(balance) => Ok(balance),
+            // The entry vanished between read and charge: still charge, count nothing.
+            Charged::ExtraFailed { .. } => match self.charge_with(charge, &[]).await? {
+                Charged::Done(balance) => Ok(balance),
+                Charged::ExtraFailed { .. } => {
+                    Err(StoreError("charge did not settle".into()).into())
+                }
+            },
+        }
     }
 
     async fn refund(&self, r: &Refund) -> Result<Option<u64>, StoreError> {
@@ -967,21 +958,15 @@ impl JobStore for DynamoStore {
         } else {
             entry
         };
-        let mut items = self.charge_items(charge, None)?;
-        items.push(self.put_new_item(job_item(job))?);
-        items.push(
+        let extra = [
+            self.put_new_item(job_item(job))?,
             TransactWriteItem::builder()
                 .put(entry.build().map_err(build_err)?)
                 .build(),
-        );
-        match transact(&self.client, items).await {
-            Ok(()) => Ok(JobStart::Started {
-                balance: self.balance(&charge.user_id).await?.unwrap_or(0),
-            }),
-            Err(TransactFailure::Condition { index: 0, .. }) => {
-                Err(self.debit_refused(charge).await)
-            }
-            Err(TransactFailure::Condition { index: 3, old }) => {
+        ];
+        match self.charge_with(charge, &extra).await? {
+            Charged::Done(balance) => Ok(JobStart::Started { balance }),
+            Charged::ExtraFailed { index: 1, old } => {
                 let entry = match old.as_ref().and_then(|i| self.parse_entry(i)) {
                     Some(entry) => Some(entry),
                     None => self.read_entry(&pending.cache_key).await?,
@@ -992,12 +977,9 @@ impl JobStore for DynamoStore {
                     None => Err(StoreError("the cache entry changed; try again".into()).into()),
                 }
             }
-            Err(TransactFailure::Condition { .. }) => Err(StoreError(format!(
-                "request {} already charged or job {} exists",
-                charge.request_id, job.id
-            ))
-            .into()),
-            Err(TransactFailure::Store(e)) => Err(e.into()),
+            Charged::ExtraFailed { .. } => {
+                Err(StoreError(format!("job {} already exists", job.id)).into())
+            }
         }
     }
 
@@ -1018,24 +1000,19 @@ impl JobStore for DynamoStore {
             .expression_attribute_values(":now", n(charge.at.timestamp()))
             .build()
             .map_err(build_err)?;
-        let mut items = self.charge_items(charge, None)?;
-        items.push(self.put_new_item(job_item(job))?);
-        items.push(self.put_new_item(link)?);
-        items.push(
+        let extra = [
+            self.put_new_item(job_item(job))?,
+            self.put_new_item(link)?,
             TransactWriteItem::builder()
                 .condition_check(still_pending)
                 .build(),
-        );
-        match transact(&self.client, items).await {
-            Ok(()) => Ok(Some(self.balance(&charge.user_id).await?.unwrap_or(0))),
-            Err(TransactFailure::Condition { index: 0, .. }) => {
-                Err(self.debit_refused(charge).await)
+        ];
+        match self.charge_with(charge, &extra).await? {
+            Charged::Done(balance) => Ok(Some(balance)),
+            Charged::ExtraFailed { index: 2, .. } => Ok(None),
+            Charged::ExtraFailed { .. } => {
+                Err(StoreError(format!("job {} already exists", job.id)).into())
             }
-            Err(TransactFailure::Condition { index: 4, .. }) => Ok(None),
-            Err(TransactFailure::Condition { .. }) => {
-                Err(StoreError(format!("request {} already charged", charge.request_id)).into())
-            }
-            Err(TransactFailure::Store(e)) => Err(e.into()),
         }
     }
 

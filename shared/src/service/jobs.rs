@@ -260,10 +260,7 @@ impl MediaService {
         let Some(remaining) = self.store.join_job(&follower, &charge).await? else {
             return Ok(None);
         };
-        // Report the leader's progress: the follower moves with it.
-        if let Ok(Some(leader)) = self.store.job(leader_id).await {
-            follower.status = leader.status;
-        }
+        // Answered as queued: the leader's progress is one poll away, not worth a read here.
         Ok(Some(Answer::Job(self.ticket(
             &follower,
             CacheOutcome::Coalesced,
@@ -331,6 +328,14 @@ impl MediaService {
     pub async fn job_status(&self, call: &CallContext, job_id: &str) -> Result<Job, ServiceError> {
         let user_id = self.authenticate(call).await?;
         let not_found = ServiceError::NotFound("no such job");
+        // Only our own shape reaches the store (a 3 KB id would be a store error, not a 404).
+        let well_formed = job_id.len() <= 64
+            && job_id
+                .strip_prefix("job_")
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !well_formed {
+            return Err(not_found);
+        }
         let job = self
             .store
             .job(job_id)
