@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the SAM template lint, and every test of the workspace,
-# with the AWS adapters tested against a local AWS emulator (moto server) that this script installs
-# into .venv, starts on a free loopback port and stops whatever happens.
+# with the AWS adapters tested against a local AWS emulator (moto server, strict about DynamoDB
+# transaction conflicts: see scripts/moto_server.py) that this script installs into .venv, starts
+# on a free loopback port and stops whatever happens.
+#
+#     scripts/test.sh            every test
+#     scripts/test.sh FILTER     only the tests whose name contains FILTER (cargo test -- FILTER),
+#                                after the same formatting and lint checks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,9 +40,14 @@ export MEDIA_TEST_PYTHON="$PWD/$VENV/bin/python"
 
 "$VENV/bin/python" scripts/aws_emulator.py wait "$AWS_ENDPOINT_URL"
 "$VENV/bin/python" scripts/aws_emulator.py setup "$MEDIA_TEST_TABLE" "$MEDIA_TEST_BUCKET"
-echo "== cargo test (AWS emulator on port $PORT)"
 set +e
-cargo test --workspace --all-features 2>&1 | tee target/test-output.log
+if (($#)); then
+    echo "== cargo test -- $* (AWS emulator on port $PORT)"
+    cargo test --workspace --all-features -- "$@" 2>&1 | tee target/test-output.log
+else
+    echo "== cargo test (AWS emulator on port $PORT)"
+    cargo test --workspace --all-features 2>&1 | tee target/test-output.log
+fi
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo ends on the last crate's doc-tests).

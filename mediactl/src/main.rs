@@ -111,6 +111,18 @@ struct ServeArgs {
     /// How long the simulator's music and video tasks take, in milliseconds.
     #[arg(long, env = "MEDIACTL_SIM_TASK_MS", default_value_t = 3000)]
     sim_task_ms: u64,
+    /// How long a request may take, in milliseconds, before it answers 202 with its job (the
+    /// worker finishes it).
+    #[arg(long, env = "MEDIACTL_REQUEST_BUDGET_MS", default_value_t = 25_000)]
+    request_budget_ms: u64,
+    /// Slow generations that go to the worker from the start: `type:model[:quality]`, comma
+    /// separated.
+    #[arg(
+        long,
+        env = "MEDIACTL_ASYNC_MODELS",
+        default_value = "image:gpt-image-1:high"
+    )]
+    async_models: String,
 }
 
 #[derive(Subcommand)]
@@ -283,6 +295,11 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
             _ => None,
         },
         sim_task_duration: Duration::from_millis(args.sim_task_ms),
+        miss_policy: media_cache::service::MissPolicy {
+            request_budget: Duration::from_millis(args.request_budget_ms),
+            async_models: media_cache::service::MissPolicy::parse_async_models(&args.async_models),
+            ..Default::default()
+        },
         ..ServeConfig::default()
     };
     let server = start(config, Arc::new(SystemClock))

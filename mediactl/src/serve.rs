@@ -1,6 +1,7 @@
 //! `mediactl serve`: wires the embedded adapters to the shared application and runs it.
 
 use axum::Router;
+use media_cache::adapters::download::DownloadPolicy;
 use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
 use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
@@ -13,7 +14,7 @@ use media_cache::http::objects::objects_router;
 use media_cache::http::{AppState, router};
 use media_cache::ports::{AccountStore, ChargeError, ProviderError, StoreError};
 use media_cache::service::accounts::{NewUser, create_user};
-use media_cache::service::{CallbackSigner, JobParts, JobPolicy, MediaService};
+use media_cache::service::{CallbackSigner, JobParts, JobPolicy, MediaService, MissPolicy};
 use provider_sim::{SimConfig, SimHandle};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,9 @@ pub struct ServeConfig {
     pub job_policy: JobPolicy,
     /// How often the job worker looks for due messages when the queue is idle.
     pub worker_idle: Duration,
+    /// Each request's budget (answered with a job when it runs out), the settlement margin,
+    /// the worker's budget and the slow models that go to the worker at once.
+    pub miss_policy: MissPolicy,
 }
 
 impl Default for ServeConfig {
@@ -83,6 +87,7 @@ impl Default for ServeConfig {
                 ..JobPolicy::default()
             },
             worker_idle: Duration::from_millis(250),
+            miss_policy: MissPolicy::default(),
         }
     }
 }
@@ -196,12 +201,25 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         .kling
         .clone()
         .unwrap_or_else(|| (sim_url.clone(), KlingAuth::ApiKey("sim-key".into())));
-    let suno = SunoClient::new(SunoConfig::new(suno_url, suno_key))?;
-    let kling = KlingClient::new(KlingConfig::new(kling_url, kling_auth))?;
+    // Results come over https from public addresses only; the local simulator is the one
+    // exception (plain http on loopback).
+    let download = DownloadPolicy::allowing(
+        sim.as_ref()
+            .and_then(|s| DownloadPolicy::host_of(&s.base_url)),
+    );
+    let suno = SunoClient::new(SunoConfig {
+        download: download.clone(),
+        ..SunoConfig::new(suno_url, suno_key)
+    })?;
+    let kling = KlingClient::new(KlingConfig {
+        download: download.clone(),
+        ..KlingConfig::new(kling_url, kling_auth)
+    })?;
     let openai = Arc::new(OpenAiClient::new(OpenAiConfig {
         timeout: config.provider_timeout,
         max_retries: config.provider_retries,
         initial_backoff: config.provider_backoff,
+        download,
         ..openai
     })?);
 
@@ -216,6 +234,7 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         // The URL-signing key also signs callbacks (the message says what it signs).
         callbacks: CallbackSigner::new(signer.key().to_vec(), &public_url),
         policy: config.job_policy,
+        miss: config.miss_policy.clone(),
         music: Some(Arc::new(suno)),
         video: Some(Arc::new(kling)),
     };
@@ -275,15 +294,25 @@ const VISIBILITY: Duration = Duration::from_secs(120);
 /// Receives before a message goes to the dead letters (as the SQS queue's maxReceiveCount).
 const MAX_RECEIVES: u32 = 5;
 
+/// How many messages the worker settles at once (a speech generation may take a while).
+const WORKER_CONCURRENCY: usize = 16;
+
 /// The embedded completion worker: the SQLite queue's due messages through the same completion
-/// step the Lambda function runs; a failed message is received again after its visibility timeout.
+/// step the Lambda function runs, several at once; a failed message is received again after its
+/// visibility timeout.
 async fn run_worker(store: SqliteStore, service: Arc<MediaService>, idle: Duration) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(WORKER_CONCURRENCY));
     loop {
-        let received = match store.receive_messages(10, VISIBILITY, MAX_RECEIVES).await {
-            Ok(received) => received,
-            Err(e) => {
-                tracing::error!(error = %e, "job queue unreadable");
-                Vec::new()
+        let free = slots.available_permits().min(10);
+        let received = if free == 0 {
+            Vec::new()
+        } else {
+            match store.receive_messages(free, VISIBILITY, MAX_RECEIVES).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::error!(error = %e, "job queue unreadable");
+                    Vec::new()
+                }
             }
         };
         if received.is_empty() {
@@ -291,19 +320,26 @@ async fn run_worker(store: SqliteStore, service: Arc<MediaService>, idle: Durati
             continue;
         }
         for message in received {
-            match service.process_job(&message.message).await {
-                Ok(()) => {
-                    if let Err(e) = store.delete_message(message.receipt).await {
-                        tracing::error!(error = %e, "processed message not deleted");
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let (store, service) = (store.clone(), Arc::clone(&service));
+            tokio::spawn(async move {
+                let _slot = slot;
+                match service.process_job(&message.message).await {
+                    Ok(()) => {
+                        if let Err(e) = store.delete_message(message.receipt).await {
+                            tracing::error!(error = %e, "processed message not deleted");
+                        }
                     }
+                    Err(e) => tracing::warn!(
+                        job_id = %message.message.job_id,
+                        receive_count = message.receive_count,
+                        error = %e,
+                        "job message failed; it will be delivered again"
+                    ),
                 }
-                Err(e) => tracing::warn!(
-                    job_id = %message.message.job_id,
-                    receive_count = message.receive_count,
-                    error = %e,
-                    "job message failed; it will be delivered again"
-                ),
-            }
+            });
         }
     }
 }

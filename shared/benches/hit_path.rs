@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
         ))
         .unwrap();
         let jobs = JobParts {
+            miss: Default::default(),
             queue: Arc::new(store.clone()),
             callbacks: CallbackSigner::new(vec![2u8; 32], "http://127.0.0.1:8080"),
             policy: JobPolicy::default(),

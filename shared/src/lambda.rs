@@ -1,6 +1,7 @@
 //! The Lambda entry point: configuration from the environment, clients built once in `main`, the
 //! function's axum routes handed to `lambda_http::run`.
 
+use crate::adapters::download::DownloadPolicy;
 use crate::adapters::dynamodb::DynamoStore;
 use crate::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use crate::adapters::openai::{OpenAiClient, OpenAiConfig};
@@ -10,9 +11,10 @@ use crate::adapters::suno::{SunoClient, SunoConfig};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{JobMessage, PriceTable};
 pub use crate::http::Function;
+use crate::http::RequestDeadline;
 use crate::http::{AppState, function_router};
 use crate::ports::{JobQueue, ObjectStore, Store};
-use crate::service::{CallbackSigner, JobParts, JobPolicy, MediaService};
+use crate::service::{CallbackSigner, JobParts, JobPolicy, MediaService, MissPolicy};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use axum::Router;
 use std::sync::Arc;
@@ -82,6 +84,15 @@ pub struct LambdaConfig {
     pub kling: Option<(String, SecretSource)>,
     /// `JOB_FIRST_POLL_SECS`, `JOB_MAX_POLL_SECS`, `JOB_TIMEOUT_SECS`.
     pub job_policy: JobPolicy,
+    /// `DEADLINE_MARGIN_MS` (default 2000): how long before the function's deadline a request
+    /// answers, `SETTLE_MARGIN_SECS`, `WORKER_BUDGET_SECS` and `ASYNC_MODELS` (slow models that go
+    /// to the worker from the start, e.g. `image:gpt-image-1:high`).
+    pub deadline_margin: Duration,
+    /// Deadlines and slow models of the miss path.
+    pub miss_policy: MissPolicy,
+    /// `DOWNLOAD_ALLOWED_HOSTS`: `host[:port]` list whose results may be downloaded over plain
+    /// http and from private addresses (a local simulator); empty in production.
+    pub download_allowed_hosts: Vec<String>,
 }
 
 impl LambdaConfig {
@@ -122,6 +133,7 @@ impl LambdaConfig {
         };
         let openai_api_key = secret("OPENAI_API_KEY", "OPENAI_API_KEY_PARAMETER");
         let defaults = JobPolicy::default();
+        let miss = MissPolicy::default();
         let job_policy = JobPolicy {
             first_poll: secs("JOB_FIRST_POLL_SECS", defaults.first_poll.as_secs())?,
             max_poll_delay: secs("JOB_MAX_POLL_SECS", defaults.max_poll_delay.as_secs())?,
@@ -149,6 +161,23 @@ impl LambdaConfig {
                 (base, key)
             }),
             job_policy,
+            deadline_margin: match var("DEADLINE_MARGIN_MS") {
+                None => Duration::from_secs(2),
+                Some(v) => v.parse().map(Duration::from_millis).map_err(|_| {
+                    StartupError("DEADLINE_MARGIN_MS must be a number of milliseconds".into())
+                })?,
+            },
+            miss_policy: MissPolicy {
+                settle_margin: secs("SETTLE_MARGIN_SECS", miss.settle_margin.as_secs())?,
+                worker_budget: secs("WORKER_BUDGET_SECS", miss.worker_budget.as_secs())?,
+                async_models: var("ASYNC_MODELS")
+                    .map(|list| MissPolicy::parse_async_models(&list))
+                    .unwrap_or(miss.async_models),
+                ..miss
+            },
+            download_allowed_hosts: var("DOWNLOAD_ALLOWED_HOSTS")
+                .map(|v| DownloadPolicy::parse_hosts(&v))
+                .unwrap_or_default(),
         })
     }
 }
@@ -213,42 +242,84 @@ struct Parts {
     default_callback_secret: Option<Vec<u8>>,
 }
 
+/// What a process of the stack runs: one HTTP function, or the completion worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An HTTP function behind API Gateway.
+    Http(Function),
+    /// The SQS consumer that settles jobs (it polls tasks and generates speech and images).
+    Completion,
+}
+
+/// API Gateway stops waiting for an HTTP API integration after 30 s, whatever the function's
+/// own timeout.
+const API_GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds the function's application: clients, store, objects, provider, service, routes.
 pub async fn app(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
     function: Function,
 ) -> Result<Router, StartupError> {
-    let (service, extra) = service(config, sdk, function).await?;
+    let (service, extra) = service(config, sdk, Role::Http(function)).await?;
     let state = AppState {
         service,
         url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
     };
-    Ok(function_router(state, function).merge(extra))
+    Ok(with_deadlines(
+        function_router(state, function).merge(extra),
+        config.deadline_margin,
+    ))
 }
 
-/// The OpenAI key, required only by the functions that speak to OpenAI.
+/// Gives each request the Lambda invocation's deadline (from the context `lambda_http` puts in
+/// the request) less `margin`, and never more than API Gateway waits: the request answers, with
+/// a job if need be, before the function is killed or the gateway gives up.
+pub fn with_deadlines(router: Router, margin: Duration) -> Router {
+    router.layer(axum::middleware::map_request(
+        move |mut request: axum::extract::Request| async move {
+            if let Some(context) = request.extensions().get::<lambda_http::Context>() {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let left = Duration::from_millis(context.deadline.saturating_sub(now_ms))
+                    .min(API_GATEWAY_TIMEOUT)
+                    .saturating_sub(margin);
+                request
+                    .extensions_mut()
+                    .insert(RequestDeadline(tokio::time::Instant::now() + left));
+            }
+            request
+        },
+    ))
+}
+
+/// The OpenAI key, required only where speech and images are generated.
 async fn openai_key(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
-    function: Function,
+    role: Role,
 ) -> Result<String, StartupError> {
-    match (&config.openai_api_key, function) {
-        (SecretSource::Unset, Function::Tts | Function::Image) => Err(StartupError(
+    let needs_key = matches!(
+        role,
+        Role::Http(Function::Tts | Function::Image) | Role::Completion
+    );
+    match (&config.openai_api_key, needs_key) {
+        (SecretSource::Unset, true) => Err(StartupError(
             "set OPENAI_API_KEY_PARAMETER (an SSM SecureString name) or OPENAI_API_KEY".into(),
         )),
-        (source, Function::Tts | Function::Image) => secret_value(sdk, source).await,
+        (source, true) => secret_value(sdk, source).await,
         // The other functions never call OpenAI: no key, no SSM read, no permission needed.
-        _ => Ok(String::new()),
+        (_, false) => Ok(String::new()),
     }
 }
 
-/// The service of `function`; the completion function asks for `Function::Jobs`' (with both
-/// providers configured in its environment).
+/// The service of `role`.
 pub async fn service(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
-    function: Function,
+    role: Role,
 ) -> Result<(Arc<MediaService>, Router), StartupError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let pricing = match &config.pricing_toml {
@@ -259,13 +330,18 @@ pub async fn service(
         OpenAiClient::new(OpenAiConfig {
             timeout: config.provider_timeout,
             max_retries: 1,
+            download: DownloadPolicy::allowing(config.download_allowed_hosts.clone()),
             ..OpenAiConfig::new(
                 &config.openai_base_url,
-                openai_key(config, sdk, function).await?,
+                openai_key(config, sdk, role).await?,
             )
         })
         .map_err(|e| StartupError(e.to_string()))?,
     );
+    let function = match role {
+        Role::Http(function) => function,
+        Role::Completion => Function::Jobs,
+    };
     let parts = match &config.backend {
         Backend::Aws { table, bucket } => {
             let objects =
@@ -288,7 +364,7 @@ pub async fn service(
         }
         Backend::Embedded { data_dir } => embedded(config, data_dir, function, Arc::clone(&clock))?,
     };
-    let mut service = MediaService::new(
+    let service = MediaService::new(
         parts.store,
         parts.objects,
         openai.clone(),
@@ -296,23 +372,27 @@ pub async fn service(
         pricing,
         clock,
     );
-    // Speech and images never touch jobs: no queue, no callback secret to read.
-    let uses_jobs = matches!(function, Function::Music | Function::Video | Function::Jobs);
-    if let Some(queue) = parts.queue.filter(|_| uses_jobs) {
-        let secret = match &config.callback_secret {
-            Some(source) => secret_value(sdk, source).await?.into_bytes(),
-            None => parts.default_callback_secret.ok_or_else(|| {
-                StartupError(
-                    "JOBS_QUEUE_URL needs CALLBACK_SECRET_PARAMETER or CALLBACK_SECRET".into(),
-                )
-            })?,
-        };
-        service = service.with_jobs(job_parts(config, sdk, queue, secret).await?);
-    }
+    // Every miss is settled through the queue, so every function that takes one needs it.
+    let queue = parts.queue.ok_or_else(|| {
+        StartupError(
+            "JOBS_QUEUE_URL is not set: every miss is settled through the job queue".into(),
+        )
+    })?;
+    // Only music, video, the jobs function and the worker make or check callback URLs.
+    let needs_callbacks = !matches!(role, Role::Http(Function::Tts | Function::Image));
+    let secret = match (&config.callback_secret, needs_callbacks) {
+        (Some(source), true) => secret_value(sdk, source).await?.into_bytes(),
+        (None, true) => parts.default_callback_secret.ok_or_else(|| {
+            StartupError("JOBS_QUEUE_URL needs CALLBACK_SECRET_PARAMETER or CALLBACK_SECRET".into())
+        })?,
+        // Never used: a secret nobody knows.
+        (_, false) => uuid::Uuid::new_v4().as_bytes().to_vec(),
+    };
+    let service = service.with_jobs(job_parts(config, sdk, queue, secret).await?);
     Ok((Arc::new(service), parts.routes))
 }
 
-/// The queue, callback signer and long-task providers that music and video need.
+/// The queue, callback signer, policies and long-task providers.
 async fn job_parts(
     config: &LambdaConfig,
     sdk: &aws_config::SdkConfig,
@@ -325,6 +405,7 @@ async fn job_parts(
         Some((base, key)) => {
             let suno = SunoClient::new(SunoConfig {
                 timeout,
+                download: DownloadPolicy::allowing(config.download_allowed_hosts.clone()),
                 ..SunoConfig::new(base, secret_value(sdk, key).await?)
             })
             .map_err(|e| err(&e))?;
@@ -344,6 +425,7 @@ async fn job_parts(
             };
             let kling = KlingClient::new(KlingConfig {
                 timeout,
+                download: DownloadPolicy::allowing(config.download_allowed_hosts.clone()),
                 ..KlingConfig::new(base, auth)
             })
             .map_err(|e| err(&e))?;
@@ -355,6 +437,7 @@ async fn job_parts(
         queue,
         callbacks: CallbackSigner::new(callback_secret, &config.public_api_url),
         policy: config.job_policy,
+        miss: config.miss_policy.clone(),
         music,
         video,
     })
@@ -427,29 +510,36 @@ pub async fn run(function: Function) -> Result<(), lambda_http::Error> {
     lambda_http::run(app).await
 }
 
-/// The completion step over one SQS batch: every message through `MediaService::process_job`;
-/// those that failed are reported so SQS delivers only them again.
+/// The completion step over one SQS batch: every message through `MediaService::process_job`,
+/// concurrently (a speech generation may take a while); those that failed are reported so SQS
+/// delivers only them again.
 pub async fn complete_batch(service: &MediaService, event: SqsEvent) -> SqsBatchResponse {
-    let mut failures = Vec::new();
-    for record in event.records {
+    let outcomes = event.records.into_iter().map(|record| async move {
         let id = record.message_id.clone().unwrap_or_default();
         let message: JobMessage = match serde_json::from_str(record.body.as_deref().unwrap_or("")) {
             Ok(message) => message,
             Err(e) => {
                 // Retrying cannot make it readable: drop it, loudly.
                 tracing::error!(message_id = %id, error = %e, "unreadable job message dropped");
-                continue;
+                return None;
             }
         };
-        if let Err(e) = service.process_job(&message).await {
-            tracing::warn!(message_id = %id, job_id = %message.job_id, error = %e, "job message failed; SQS will deliver it again");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            failures.push(failure);
+        match service.process_job(&message).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(message_id = %id, job_id = %message.job_id, error = %e, "job message failed; SQS will deliver it again");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                Some(failure)
+            }
         }
-    }
+    });
     let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failures;
+    response.batch_item_failures = futures_util::future::join_all(outcomes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     response
 }
 
@@ -458,7 +548,7 @@ pub async fn run_completion() -> Result<(), lambda_runtime::Error> {
     init_logging();
     let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
     let sdk = sdk_config().await;
-    let (service, _) = service(&config, &sdk, Function::Jobs).await?;
+    let (service, _) = service(&config, &sdk, Role::Completion).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
             let service = Arc::clone(&service);

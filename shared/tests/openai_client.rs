@@ -1,6 +1,7 @@
 //! The OpenAI client against the provider simulator over HTTP: real requests, real media bytes,
 //! retries and error classification.
 
+use media_cache::adapters::download::DownloadPolicy;
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::domain::{ImageRequest, NormalizedMedia, TtsRequest};
 use media_cache::ports::{ImageProvider, ProviderError, SpeechProvider};
@@ -13,6 +14,11 @@ async fn sim(config: SimConfig) -> SimHandle {
         .unwrap()
 }
 
+/// A deadline no test reaches.
+fn later() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
+}
+
 fn client(sim: &SimHandle, key: &str) -> OpenAiClient {
     client_with_timeout(sim, key, Duration::from_secs(10))
 }
@@ -21,6 +27,8 @@ fn client_with_timeout(sim: &SimHandle, key: &str, timeout: Duration) -> OpenAiC
     OpenAiClient::new(OpenAiConfig {
         timeout,
         initial_backoff: Duration::from_millis(5),
+        // Image URLs from the simulator are http on loopback.
+        download: DownloadPolicy::allowing(DownloadPolicy::host_of(&sim.base_url)),
         ..OpenAiConfig::new(&sim.base_url, key)
     })
     .unwrap()
@@ -57,18 +65,18 @@ async fn speech_comes_back_in_every_format_with_its_content_type() {
         ("pcm", "audio/pcm", b""),
     ];
     for (format, content_type, magic) in cases {
-        let media = client.synthesize(&tts(format)).await.unwrap();
+        let media = client.synthesize(&tts(format), later()).await.unwrap();
         assert_eq!(media.content_type, content_type, "{format}");
         assert!(media.bytes.starts_with(magic), "{format}");
         assert!(media.bytes.len() > 100, "{format}: real audio");
     }
     // PCM is the WAV's samples without the 44-byte header.
-    let wav = client.synthesize(&tts("wav")).await.unwrap();
-    let pcm = client.synthesize(&tts("pcm")).await.unwrap();
+    let wav = client.synthesize(&tts("wav"), later()).await.unwrap();
+    let pcm = client.synthesize(&tts("pcm"), later()).await.unwrap();
     assert_eq!(wav.bytes.len(), pcm.bytes.len() + 44);
     assert_eq!(sim.calls(Endpoint::Speech), 8);
     // Deterministic: the same request gives the same bytes.
-    assert_eq!(client.synthesize(&tts("wav")).await.unwrap(), wav);
+    assert_eq!(client.synthesize(&tts("wav"), later()).await.unwrap(), wav);
 }
 
 #[tokio::test]
@@ -97,7 +105,7 @@ async fn images_decode_from_b64_json_for_every_model() {
         }
         .normalize()
         .unwrap();
-        let images = client.generate(&req).await.unwrap();
+        let images = client.generate(&req, later()).await.unwrap();
         assert_eq!(images.len(), 1, "{model}");
         assert!(images[0].bytes.starts_with(magic), "{model} {format:?}");
         assert_eq!(images[0].content_type, req.content_type());
@@ -112,7 +120,7 @@ async fn rate_limits_and_server_errors_are_retried_then_succeed() {
         .inject(fail(FaultKind::RateLimit { retry_after_ms: 10 }, 1));
     sim.state
         .inject(fail(FaultKind::ServerError { status: 503 }, 1));
-    assert!(client.synthesize(&tts("mp3")).await.is_ok());
+    assert!(client.synthesize(&tts("mp3"), later()).await.is_ok());
     assert_eq!(sim.calls(Endpoint::Speech), 3);
 }
 
@@ -125,7 +133,7 @@ async fn failures_are_classified() {
     .await;
     let wrong = client(&sim, "wrong");
     assert!(matches!(
-        wrong.synthesize(&tts("mp3")).await,
+        wrong.synthesize(&tts("mp3"), later()).await,
         Err(ProviderError::Account { .. })
     ));
     assert_eq!(sim.calls(Endpoint::Speech), 1, "a bad key is not retried");
@@ -133,12 +141,12 @@ async fn failures_are_classified() {
     let right = client(&sim, "right");
     sim.state.inject(fail(FaultKind::InsufficientQuota, 1));
     assert!(matches!(
-        right.synthesize(&tts("mp3")).await,
+        right.synthesize(&tts("mp3"), later()).await,
         Err(ProviderError::Account { .. })
     ));
 
     sim.state.inject(fail(FaultKind::ContentPolicy, 1));
-    match right.synthesize(&tts("mp3")).await {
+    match right.synthesize(&tts("mp3"), later()).await {
         Err(ProviderError::Rejected { message }) => assert!(message.contains("safety")),
         other => panic!("{other:?}"),
     }
@@ -146,7 +154,7 @@ async fn failures_are_classified() {
     sim.state
         .inject(fail(FaultKind::ServerError { status: 500 }, 3));
     assert!(matches!(
-        right.synthesize(&tts("mp3")).await,
+        right.synthesize(&tts("mp3"), later()).await,
         Err(ProviderError::Unavailable {
             retry_after: None,
             ..
@@ -159,7 +167,7 @@ async fn failures_are_classified() {
         },
         1,
     ));
-    match right.synthesize(&tts("mp3")).await {
+    match right.synthesize(&tts("mp3"), later()).await {
         Err(ProviderError::RateLimited { retry_after }) => {
             assert_eq!(retry_after, Some(Duration::from_secs(30)));
         }
@@ -170,7 +178,7 @@ async fn failures_are_classified() {
     sim.state
         .inject(fail(FaultKind::Timeout { delay_ms: 1_500 }, 3));
     assert!(matches!(
-        impatient.synthesize(&tts("mp3")).await,
+        impatient.synthesize(&tts("mp3"), later()).await,
         Err(ProviderError::Timeout)
     ));
 }
@@ -186,7 +194,7 @@ async fn an_unreachable_provider_is_unavailable() {
     })
     .unwrap();
     assert!(matches!(
-        client.synthesize(&tts("mp3")).await,
+        client.synthesize(&tts("mp3"), later()).await,
         Err(ProviderError::Unavailable { .. })
     ));
 }

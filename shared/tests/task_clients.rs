@@ -1,7 +1,8 @@
 //! The Suno and Kling clients against the provider simulator over HTTP: submit, the task's stages,
 //! results downloaded as real media, JWT auth checked by an independent implementation, and
-//! failures classified.
+//! failures classified; Suno lyrics sent with their line breaks.
 
+use media_cache::adapters::download::DownloadPolicy;
 use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use media_cache::adapters::suno::{SunoClient, SunoConfig};
 use media_cache::domain::{MusicRequest, VideoRequest};
@@ -13,6 +14,27 @@ async fn sim(config: SimConfig) -> SimHandle {
     provider_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
+}
+
+/// The simulator serves results over http on loopback: its origin must be allowed.
+fn sim_downloads(sim: &SimHandle) -> DownloadPolicy {
+    DownloadPolicy::allowing(DownloadPolicy::host_of(&sim.base_url))
+}
+
+fn suno(sim: &SimHandle) -> SunoClient {
+    SunoClient::new(SunoConfig {
+        download: sim_downloads(sim),
+        ..SunoConfig::new(&sim.base_url, "k")
+    })
+    .unwrap()
+}
+
+fn kling(sim: &SimHandle, auth: KlingAuth) -> KlingClient {
+    KlingClient::new(KlingConfig {
+        download: sim_downloads(sim),
+        ..KlingConfig::new(&sim.base_url, auth)
+    })
+    .unwrap()
 }
 
 fn slow() -> SimConfig {
@@ -42,7 +64,7 @@ async fn wait_done(provider: &dyn TaskProvider, task: &str) -> (Vec<String>, Tas
 #[tokio::test]
 async fn suno_goes_through_its_stages_to_two_real_songs() {
     let sim = sim(slow()).await;
-    let suno = SunoClient::new(SunoConfig::new(&sim.base_url, "k")).unwrap();
+    let suno = suno(&sim);
     let req = MusicRequest {
         prompt: Some("la la la".into()),
         style: Some("synthwave".into()),
@@ -79,14 +101,13 @@ async fn kling_jwts_pass_an_independent_check_and_image_to_video_polls_its_own_p
     })
     .await;
     let jwt = |secret: &str| {
-        KlingClient::new(KlingConfig::new(
-            &sim.base_url,
+        kling(
+            &sim,
             KlingAuth::AccessKey {
                 access_key: "ak".into(),
                 secret_key: secret.into(),
             },
-        ))
-        .unwrap()
+        )
     };
     let req = VideoRequest {
         prompt: Some("the cat jumps".into()),
@@ -117,11 +138,7 @@ async fn kling_jwts_pass_an_independent_check_and_image_to_video_polls_its_own_p
         matches!(forged, ProviderError::Account { .. }),
         "{forged:?}"
     );
-    let plain_key = KlingClient::new(KlingConfig::new(
-        &sim.base_url,
-        KlingAuth::ApiKey("not-a-jwt".into()),
-    ))
-    .unwrap();
+    let plain_key = kling(&sim, KlingAuth::ApiKey("not-a-jwt".into()));
     assert!(matches!(
         plain_key.task_state(&task).await.unwrap_err(),
         ProviderError::Account { .. }
@@ -136,11 +153,7 @@ async fn expired_results_and_unknown_tasks_are_final_unreachable_providers_are_n
         kind: FaultKind::ExpiredUrl,
         times: Some(1),
     });
-    let kling = KlingClient::new(KlingConfig::new(
-        &sim.base_url,
-        KlingAuth::ApiKey("k".into()),
-    ))
-    .unwrap();
+    let kling = kling(&sim, KlingAuth::ApiKey("k".into()));
     let req = VideoRequest {
         prompt: Some("gone".into()),
         ..Default::default()
@@ -168,4 +181,47 @@ async fn expired_results_and_unknown_tasks_are_final_unreachable_providers_are_n
     let nowhere = SunoClient::new(SunoConfig::new("http://127.0.0.1:9", "k")).unwrap();
     let down = nowhere.task_state("t").await.unwrap_err();
     assert!(down.is_transient(), "{down:?}");
+}
+
+#[tokio::test]
+async fn suno_custom_mode_sends_the_lyrics_with_their_line_breaks() {
+    use axum::routing::post;
+    use serde_json::{Value, json};
+    use std::sync::{Arc, Mutex};
+
+    // A stand-in for Suno's create endpoint that keeps the body it was sent.
+    let received: Arc<Mutex<Option<Value>>> = Arc::default();
+    let keep = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/api/v1/generate",
+        post(move |axum::Json(body): axum::Json<Value>| async move {
+            *keep.lock().unwrap() = Some(body);
+            axum::Json(json!({"code": 200, "msg": "success", "data": {"taskId": "t1"}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let req = MusicRequest {
+        prompt: Some("\r\n  Neon  lights,\r\ncity nights \r\n\r\n\r\nChorus  here\r\n".into()),
+        style: Some("synthwave".into()),
+        title: Some("Loop".into()),
+        ..Default::default()
+    }
+    .normalize()
+    .unwrap();
+    let suno = SunoClient::new(SunoConfig::new(&base, "k")).unwrap();
+    let task = suno
+        .submit_music(&req, "http://127.0.0.1:9/cb")
+        .await
+        .unwrap();
+    assert_eq!(task, "t1");
+    let body = received.lock().unwrap().clone().expect("a create call");
+    assert_eq!(body["customMode"], json!(true));
+    assert_eq!(
+        body["prompt"],
+        json!("Neon lights,\ncity nights\n\nChorus here")
+    );
+    assert_eq!(body["prompt"].as_str(), Some(req.prompt.as_str()));
 }

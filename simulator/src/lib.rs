@@ -78,6 +78,12 @@ pub enum FaultKind {
         /// Suno's or Kling's `code`.
         code: i64,
     },
+    /// Suno or Kling, on task creation: the finished task's results point at `url` (an address
+    /// the API must refuse to download from, or the simulator's endless `/endless` body).
+    ResultUrl {
+        /// Where every result of the task claims to be.
+        url: String,
+    },
     /// Suno or Kling, on task creation: the task is accepted but ends failed (Suno `status`, e.g.
     /// GENERATE_AUDIO_FAILED or SENSITIVE_WORD_ERROR; Kling `failed`).
     TaskFailed {
@@ -211,6 +217,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/videos/{kind}", post(tasks::kling_create))
         .route("/v1/videos/{kind}/{id}", get(tasks::kling_query))
         .route("/results/{id}", get(tasks::result))
+        .route("/endless", get(tasks::endless))
         .route("/_sim/calls", get(calls))
         .route("/_sim/faults", post(add_fault).delete(clear_faults))
         .route("/healthz", get(|| async { "ok" }))

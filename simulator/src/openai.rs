@@ -150,7 +150,7 @@ async fn apply_fault(fault: &Option<FaultKind>) -> Option<Response> {
             "Injected provider error.",
         )),
         // Task faults concern Suno and Kling only.
-        FaultKind::ExpiredUrl | FaultKind::TaskFailed { .. } => None,
+        FaultKind::ExpiredUrl | FaultKind::TaskFailed { .. } | FaultKind::ResultUrl { .. } => None,
     }
 }
 
@@ -209,8 +209,9 @@ pub(crate) async fn speech(
     tokio::time::sleep(state.config.speech_latency).await;
 
     let seed = media::seed_of(&body);
-    // Roughly 60 ms a character at speed 1, between half a second and ten seconds.
-    let seconds = (chars as f64 * 0.06 / speed).clamp(0.5, 10.0);
+    // Roughly 60 ms a character at speed 1, at least half a second: 4096 characters at speed
+    // 0.25 are over 16 minutes, a 47 MB wav, as from the real service.
+    let seconds = (chars as f64 * 0.06 / speed).max(0.5);
     let (bytes, content_type) = match format {
         "mp3" => (media::mp3(&seed, seconds), "audio/mpeg"),
         "wav" => (media::wav(&media::tone(&seed, seconds)), "audio/wav"),

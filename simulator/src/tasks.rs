@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub(crate) struct SimTask {
     failure: Option<(String, String)>,
     /// Result URLs answer 404.
     expired: bool,
+    /// Where the results claim to be instead of `/results/...` (a `ResultUrl` fault).
+    result_url: Option<String>,
 }
 
 impl SimTask {
@@ -102,7 +105,9 @@ async fn fault_response(provider: Provider, fault: &FaultKind) -> Option<Respons
             tokio::time::sleep(Duration::from_millis(*delay_ms)).await;
             None
         }
-        (_, FaultKind::ExpiredUrl | FaultKind::TaskFailed { .. }) => None,
+        (_, FaultKind::ExpiredUrl | FaultKind::TaskFailed { .. } | FaultKind::ResultUrl { .. }) => {
+            None
+        }
     }
 }
 
@@ -140,6 +145,10 @@ fn create_task(
                 seconds,
                 failure,
                 expired: matches!(fault, Some(FaultKind::ExpiredUrl)),
+                result_url: match &fault {
+                    Some(FaultKind::ResultUrl { url }) => Some(url.clone()),
+                    _ => None,
+                },
             },
         );
         id
@@ -171,7 +180,24 @@ fn task(state: &SimState, id: &str) -> Option<SimTask> {
 }
 
 fn result_url(state: &SimState, task_id: &str, n: usize, ext: &str) -> String {
+    if let Some(url) = task(state, task_id).and_then(|t| t.result_url) {
+        return url;
+    }
     format!("{}/results/{task_id}-{n}.{ext}", state.base_url())
+}
+
+/// `GET /endless`: a video that never ends (stops after 1 GiB, so nothing runs forever), for
+/// the API's download cap.
+pub async fn endless() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    const CHUNK: usize = 64 * 1024;
+    let chunks = futures_util::stream::iter(0..(1usize << 30) / CHUNK)
+        .map(|_| Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(&[0u8; CHUNK])));
+    (
+        [(axum::http::header::CONTENT_TYPE, "video/mp4")],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 fn suno_songs(state: &SimState, id: &str, t: &SimTask, snake: bool) -> Value {

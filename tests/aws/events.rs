@@ -162,9 +162,10 @@ async fn the_sqs_event_goes_through_the_completion_step_with_partial_failures() 
     let first_id = event.records[0].message_id.clone().unwrap();
 
     let config = jobs_config(&sim, &queue);
-    let (service, _) = media_cache::lambda::service(&config, &sdk, Function::Jobs)
-        .await
-        .unwrap();
+    let (service, _) =
+        media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
+            .await
+            .unwrap();
     let done = media_cache::lambda::complete_batch(&service, event.clone()).await;
     assert!(done.batch_item_failures.is_empty(), "{done:?}");
 
@@ -173,9 +174,10 @@ async fn the_sqs_event_goes_through_the_completion_step_with_partial_failures() 
         table: "no-such-table".into(),
         bucket: crate::support::env("MEDIA_TEST_BUCKET"),
     };
-    let (service, _) = media_cache::lambda::service(&broken, &sdk, Function::Jobs)
-        .await
-        .unwrap();
+    let (service, _) =
+        media_cache::lambda::service(&broken, &sdk, media_cache::lambda::Role::Completion)
+            .await
+            .unwrap();
     let failed = media_cache::lambda::complete_batch(&service, event).await;
     let ids: Vec<&str> = failed
         .batch_item_failures

@@ -294,6 +294,7 @@ async fn a_warm_join_is_two_dynamodb_round_trips() {
         Arc::new(media_cache::clock::SystemClock),
     )
     .with_jobs(JobParts {
+        miss: Default::default(),
         queue: Arc::new(SqsJobQueue::new(aws_sdk_sqs::Client::new(&sdk), queue)),
         callbacks: CallbackSigner::new(b"secret".to_vec(), "http://127.0.0.1:9"),
         policy: JobPolicy::default(),

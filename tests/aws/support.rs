@@ -3,15 +3,17 @@
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
-use media_cache::lambda::Function;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use media_cache::lambda::{Backend, LambdaConfig, SecretSource};
+use media_cache::lambda::{Function, Role};
 use provider_sim::{SimConfig, SimHandle};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A variable the test script sets; its absence means the emulator is not running.
 pub fn env(name: &str) -> String {
@@ -52,12 +54,20 @@ pub fn lambda_config(sim: &SimHandle) -> LambdaConfig {
         suno: None,
         kling: None,
         job_policy: Default::default(),
+        deadline_margin: Duration::from_secs(2),
+        miss_policy: Default::default(),
+        download_allowed_hosts: media_cache::adapters::download::DownloadPolicy::host_of(
+            &sim.base_url,
+        )
+        .into_iter()
+        .collect(),
     }
 }
 
-/// A function's application served on a loopback port: its base URL.
+/// A function's application served on a loopback port, with its own job queue: its base URL.
 pub async fn serve_function(sim: &SimHandle, function: Function) -> String {
-    serve_app(&lambda_config(sim), function).await
+    let queue = jobs_queue(&sdk().await).await;
+    serve_app(&jobs_config(sim, &queue), function).await
 }
 
 /// A function's application with `config` served on a loopback port: its base URL.
@@ -71,14 +81,47 @@ pub async fn serve_app(config: &LambdaConfig, function: Function) -> String {
     base
 }
 
-/// Records the name of every DynamoDB operation a client sends.
+/// Records every DynamoDB operation a client sends: its name, when it started and ended.
 #[derive(Debug, Clone, Default)]
-pub struct CallLog(Arc<Mutex<Vec<String>>>);
+pub struct CallLog(Arc<Mutex<Vec<(String, Instant, Instant)>>>);
+
+/// When the operation being sent started (kept in the request's config bag).
+#[derive(Debug, Clone, Copy)]
+struct Started(Instant);
+
+impl Storable for Started {
+    type Storer = StoreReplace<Self>;
+}
 
 impl CallLog {
-    /// The operations sent so far.
+    /// The operations sent so far, in the order they finished.
     pub fn calls(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
+        self.0.lock().unwrap().iter().map(|c| c.0.clone()).collect()
+    }
+
+    /// The operations grouped into sequential round trips: calls that overlapped in time share
+    /// one (names sorted within it).
+    pub fn round_trips(&self) -> Vec<Vec<String>> {
+        let mut calls = self.0.lock().unwrap().clone();
+        calls.sort_by_key(|c| c.1);
+        let mut rounds: Vec<Vec<String>> = Vec::new();
+        let mut round_end: Option<Instant> = None;
+        for (name, start, end) in calls {
+            match round_end {
+                Some(until) if start < until => {
+                    rounds.last_mut().unwrap().push(name);
+                    round_end = Some(until.max(end));
+                }
+                _ => {
+                    rounds.push(vec![name]);
+                    round_end = Some(end);
+                }
+            }
+        }
+        for round in &mut rounds {
+            round.sort();
+        }
+        rounds
     }
 
     /// Forgets them.
@@ -92,14 +135,27 @@ impl Intercept for CallLog {
         "CallLog"
     }
 
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state().store_put(Started(Instant::now()));
+        Ok(())
+    }
+
     fn read_after_execution(
         &self,
         _context: &FinalizerInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let started = cfg.load::<Started>().map_or_else(Instant::now, |s| s.0);
         if let Some(metadata) = cfg.load::<Metadata>() {
-            self.0.lock().unwrap().push(metadata.name().to_owned());
+            self.0
+                .lock()
+                .unwrap()
+                .push((metadata.name().to_owned(), started, Instant::now()));
         }
         Ok(())
     }
@@ -161,7 +217,7 @@ where
 {
     use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
     let sdk = sdk().await;
-    let (service, _) = media_cache::lambda::service(config, &sdk, Function::Jobs)
+    let (service, _) = media_cache::lambda::service(config, &sdk, Role::Completion)
         .await
         .unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);

@@ -1,14 +1,16 @@
 //! The Lambda application on DynamoDB and S3: concurrency, round trips, the data model.
 
-use crate::support::{CallLog, env, sdk, serve_function, simulator};
+use crate::support::{CallLog, env, jobs_queue, sdk, serve_function, simulator};
 use media_cache::adapters::dynamodb::DynamoStore;
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::s3_objects::S3ObjectStore;
+use media_cache::adapters::sqs_queue::SqsJobQueue;
 use media_cache::clock::SystemClock;
 use media_cache::domain::{LedgerReason, PriceTable, TtsRequest};
 use media_cache::ports::AccountStore;
 use media_cache::service::accounts::{create_user, generate_request_id};
 use media_cache::service::{CacheOutcome, CallContext, MediaRequest, MediaService};
+use media_cache::service::{CallbackSigner, JobParts};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -71,7 +73,7 @@ async fn sixty_concurrent_hits_on_fifty_credits_succeed_fifty_times() {
 }
 
 #[tokio::test]
-async fn a_warm_hit_is_one_batch_read_and_one_transaction() {
+async fn a_warm_hit_is_one_batch_read_then_one_write_round_trip() {
     let sim = simulator().await;
     let sdk = sdk().await;
     let log = CallLog::default();
@@ -97,7 +99,18 @@ async fn a_warm_hit_is_one_batch_read_and_one_transaction() {
         openai,
         PriceTable::default(),
         Arc::new(SystemClock),
-    );
+    )
+    .with_jobs(JobParts {
+        queue: Arc::new(SqsJobQueue::new(
+            aws_sdk_sqs::Client::new(&sdk),
+            jobs_queue(&sdk).await,
+        )),
+        callbacks: CallbackSigner::new(b"secret".to_vec(), "http://127.0.0.1:9"),
+        policy: Default::default(),
+        miss: Default::default(),
+        music: None,
+        video: None,
+    });
     let user = create_user(store.as_ref(), 100, chrono::Utc::now())
         .await
         .unwrap();
@@ -126,7 +139,14 @@ async fn a_warm_hit_is_one_batch_read_and_one_transaction() {
         .ready()
         .unwrap();
     assert_eq!(hit.outcome, CacheOutcome::Hit);
-    assert_eq!(log.calls(), vec!["BatchGetItem", "TransactWriteItems"]);
+    // The hit count (UpdateItem) is sent beside the charge, never inside its transaction.
+    assert_eq!(
+        log.round_trips(),
+        vec![
+            vec!["BatchGetItem".to_owned()],
+            vec!["TransactWriteItems".to_owned(), "UpdateItem".to_owned()]
+        ]
+    );
     assert_eq!(hit.credits_remaining, 100 - miss.credits_charged - 1);
     let account = store.account(&user.user_id).await.unwrap().unwrap();
     assert_eq!(

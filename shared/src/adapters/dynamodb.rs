@@ -1,6 +1,9 @@
 //! The store on DynamoDB: one table, `PK`/`SK`, the records of the data model. A charge is one
-//! TransactWriteItems (balance condition, ledger put, hit count); refunds and idempotency records
-//! are conditional writes; a read treats `ttl <= now` as a miss (the service checks expiry).
+//! TransactWriteItems (balance condition, ledger put) touching only the payer's items; a hit's
+//! count is a plain ADD beside it. Refunds and idempotency records are conditional writes; a read
+//! treats `ttl <= now` as a miss (the service checks expiry). Writes met by contention (an item
+//! inside another transaction, throttling) are sent again with jittered backoff, transactions
+//! with their client request token.
 
 use crate::domain::{
     Account, CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE,
@@ -13,6 +16,7 @@ use crate::ports::{
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -22,13 +26,79 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 type Item = HashMap<String, AttributeValue>;
 
 /// Remembered API key digests (a key never changes owner), so a warm lookup can read the balance
 /// in the same batch. Bounded: cleared when full.
 const KEY_CACHE_LIMIT: usize = 10_000;
+
+/// How long a write met by contention (an item inside another transaction, throttling) is
+/// tried again: well inside any request's deadline.
+const RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// First and longest pause between two tries (full jitter below them).
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_LONGEST: Duration = Duration::from_millis(250);
+
+/// Writes sent again after contention, by every store of this process (for measurements).
+static CONTENTION_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// The error codes of contention: the same write succeeds when sent again a little later.
+fn is_contention_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "TransactionConflictException"
+                | "TransactionInProgressException"
+                | "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+                | "InternalServerError"
+        )
+    )
+}
+
+/// A pause before try `attempt + 1`: full jitter under a doubling bound.
+fn retry_pause(attempt: u32) -> Duration {
+    let bound = RETRY_FIRST
+        .saturating_mul(2u32.saturating_pow(attempt.min(8)))
+        .min(RETRY_LONGEST);
+    bound.mul_f64(rand::random::<f64>())
+}
+
+/// Sends a request again while `contended` says the failure was contention, for at most
+/// `RETRY_BUDGET`. Each try is the same request, so a write applies at most once.
+async fn retrying<T, E, Fut>(
+    mut send: impl FnMut() -> Fut,
+    contended: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match send().await {
+            Err(e) if contended(&e) && started.elapsed() < RETRY_BUDGET => {
+                CONTENTION_RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(retry_pause(attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a plain request failed on contention.
+fn contended<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> bool {
+    is_contention_code(e.code())
+}
 
 /// The DynamoDB store.
 pub struct DynamoStore {
@@ -128,15 +198,21 @@ impl DynamoStore {
 
     /// Writes an item that must not exist yet.
     async fn put_new(&self, item: Item) -> Result<(), StoreError> {
-        self.client
+        let put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(PK)")
-            .send()
+            .condition_expression("attribute_not_exists(PK)");
+        retrying(|| put.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    /// Writes sent again after contention by every store of this process so far.
+    pub fn contention_retries() -> u64 {
+        CONTENTION_RETRIES.load(Ordering::Relaxed)
     }
 
     /// A store on `table` with a client built from an SDK configuration.
@@ -320,6 +396,14 @@ impl DynamoStore {
         Err(StoreError("charge did not settle after retries".into()).into())
     }
 
+    /// A charge with nothing else in its transaction.
+    async fn charge_alone(&self, c: &Charge) -> Result<u64, ChargeError> {
+        match self.charge_with(c, &[]).await? {
+            Charged::Done(balance) => Ok(balance),
+            Charged::ExtraFailed { .. } => Err(StoreError("charge did not settle".into()).into()),
+        }
+    }
+
     /// The debit (balance condition first) and the ledger put of a charge: items 0 and 1 of its
     /// transaction. `exact` makes the condition `= seen` so the new balance is known.
     fn charge_items(
@@ -374,13 +458,38 @@ enum TransactFailure {
     Store(StoreError),
 }
 
+/// Runs one transaction; a cancellation by contention alone (another transaction on one of its
+/// items, throttling) is tried again with the same client request token, so it applies once.
 async fn transact(client: &Client, items: Vec<TransactWriteItem>) -> Result<(), TransactFailure> {
-    match client
+    let token = uuid::Uuid::new_v4().to_string();
+    let request = client
         .transact_write_items()
         .set_transact_items(Some(items))
-        .send()
-        .await
-    {
+        .client_request_token(token);
+    let result = retrying(
+        || request.clone().send(),
+        |e: &SdkError<TransactWriteItemsError, _>| match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(cancel)) => {
+                let codes: Vec<_> = cancel
+                    .cancellation_reasons()
+                    .iter()
+                    .filter_map(|r| r.code())
+                    .collect();
+                !codes.contains(&"ConditionalCheckFailed")
+                    && codes.iter().any(|c| {
+                        matches!(
+                            *c,
+                            "TransactionConflict"
+                                | "ThrottlingError"
+                                | "ProvisionedThroughputExceeded"
+                        )
+                    })
+            }
+            _ => is_contention_code(e.code()),
+        },
+    )
+    .await;
+    match result {
         Ok(_) => Ok(()),
         Err(e) => {
             if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
@@ -476,28 +585,42 @@ impl LookupStore for DynamoStore {
 #[async_trait]
 impl CreditStore for DynamoStore {
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
-        let mut extra = Vec::new();
-        if charge.count_hit {
-            let count = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(key(charge.cache_key.to_string(), "RESULT")))
-                .update_expression("ADD hit_count :one")
-                .condition_expression("attribute_exists(PK)")
-                .expression_attribute_values(":one", n(1))
-                .build()
-                .map_err(build_err)?;
-            extra.push(TransactWriteItem::builder().update(count).build());
+        if !charge.count_hit {
+            return self.charge_alone(charge).await;
         }
-        match self.charge_with(charge, &extra).await? {
-            Charged::Done(balance) => Ok(balance),
-            // The entry vanished between read and charge: still charge, count nothing.
-            Charged::ExtraFailed { .. } => match self.charge_with(charge, &[]).await? {
-                Charged::Done(balance) => Ok(balance),
-                Charged::ExtraFailed { .. } => {
-                    Err(StoreError("charge did not settle".into()).into())
+        // The hit count is a plain ADD sent beside the charge, never inside its transaction:
+        // a transaction on the entry would conflict with every other user's hit on it. Sent
+        // together, a warm hit stays one write round trip after the batch read.
+        let count = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(charge.cache_key.to_string(), "RESULT")))
+            .update_expression("ADD hit_count :n")
+            .condition_expression("attribute_exists(PK)")
+            .expression_attribute_values(":n", n(1));
+        let (charged, counted) = tokio::join!(
+            self.charge_alone(charge),
+            retrying(|| count.clone().send(), contended)
+        );
+        match (&charged, counted) {
+            (Err(_), Ok(_)) => {
+                // Not charged, so not a hit: take the count back (off the served path).
+                let undo = count.expression_attribute_values(":n", n(-1));
+                if let Err(e) = retrying(|| undo.clone().send(), contended).await {
+                    tracing::warn!(cache_key = %charge.cache_key, error = %store_err(e), "hit count left one too high");
                 }
-            },
+            }
+            (_, Err(e))
+                if !e
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                tracing::warn!(cache_key = %charge.cache_key, error = %store_err(e), "hit not counted");
+            }
+            _ => {}
         }
+        charged
     }
 
     async fn refund(&self, r: &Refund) -> Result<Option<u64>, StoreError> {
@@ -541,11 +664,12 @@ impl CreditStore for DynamoStore {
 #[async_trait]
 impl CacheStore for DynamoStore {
     async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError> {
-        self.client
+        let put = self
+            .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(self.entry_item(entry)))
-            .send()
+            .set_item(Some(self.entry_item(entry)));
+        retrying(|| put.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())
@@ -568,7 +692,7 @@ impl IdempotencyStore for DynamoStore {
             n((c.at + IDEMPOTENCY_LEASE).timestamp()),
         );
         item.insert("ttl".into(), n((c.at + IDEMPOTENCY_TTL).timestamp()));
-        let result = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -581,9 +705,8 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":pending", s("pending"))
             .expression_attribute_values(":fp", s(&c.fingerprint))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let result = retrying(|| put.clone().send(), contended).await;
         let old = match result {
             Ok(_) => return Ok(ClaimOutcome::Claimed),
             Err(e) => match e.as_service_error() {
@@ -628,7 +751,8 @@ impl IdempotencyStore for DynamoStore {
         answer: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.client
+        let update = self
+            .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(idempotency_key(user_id, key_)))
@@ -638,24 +762,23 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":answer", s(answer))
-            .expression_attribute_values(":ttl", n((now + IDEMPOTENCY_TTL).timestamp()))
-            .send()
+            .expression_attribute_values(":ttl", n((now + IDEMPOTENCY_TTL).timestamp()));
+        retrying(|| update.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())
     }
 
     async fn release(&self, user_id: &str, key_: &str) -> Result<(), StoreError> {
-        let result = self
+        let delete = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(idempotency_key(user_id, key_)))
             .condition_expression("#state = :pending")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":pending", s("pending"))
-            .send()
-            .await;
+            .expression_attribute_values(":pending", s("pending"));
+        let result = retrying(|| delete.clone().send(), contended).await;
         match result {
             Ok(_) => Ok(()),
             Err(e)
@@ -911,7 +1034,8 @@ impl DynamoStore {
             .map_err(build_err)
     }
 
-    async fn read_entry(&self, cache_key: &CacheKey) -> Result<Option<CacheEntry>, StoreError> {
+    /// The entry's item as stored, read consistently.
+    async fn read_entry_item(&self, cache_key: &CacheKey) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -921,9 +1045,31 @@ impl DynamoStore {
             .send()
             .await
             .map_err(store_err)?;
-        Ok(out.item.as_ref().and_then(|i| self.parse_entry(i)))
+        Ok(out.item)
     }
 }
+
+/// A condition that holds while an item is exactly `old` (every attribute equal): a
+/// compare-and-swap for items too broken to reason about.
+fn unchanged(
+    old: &Item,
+) -> (
+    String,
+    HashMap<String, String>,
+    HashMap<String, AttributeValue>,
+) {
+    let mut clauses = Vec::with_capacity(old.len());
+    let mut names = HashMap::new();
+    let mut values = HashMap::new();
+    for (i, (name, value)) in old.iter().enumerate() {
+        clauses.push(format!("#u{i} = :u{i}"));
+        names.insert(format!("#u{i}"), name.clone());
+        values.insert(format!(":u{i}"), value.clone());
+    }
+    (clauses.join(" AND "), names, values)
+}
+
+impl DynamoStore {}
 
 /// The condition of an entry that belongs to the pending job `:job`.
 const PENDING_ON_JOB: &str = "#status = :pending AND job_id = :job";
@@ -934,51 +1080,87 @@ impl JobStore for DynamoStore {
         &self,
         job: &Job,
         pending: &CacheEntry,
-        replace_ready: bool,
+        bypass_ready: bool,
         charge: &Charge,
     ) -> Result<JobStart, ChargeError> {
-        let now = charge.at.timestamp();
-        let mut free = "attribute_not_exists(PK) OR #ttl <= :now \
-                        OR (#status = :pending AND lease_until <= :now)"
-            .to_owned();
-        if replace_ready {
-            free.push_str(" OR #status = :ready");
-        }
-        let entry = Put::builder()
+        let now = charge.at;
+        let free = Put::builder()
             .table_name(&self.table)
             .set_item(Some(self.entry_item(pending)))
-            .condition_expression(free)
+            .condition_expression(
+                "attribute_not_exists(PK) OR #ttl <= :now \
+                 OR (#status = :pending AND lease_until <= :now)",
+            )
             .expression_attribute_names("#ttl", "ttl")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":now", n(now.timestamp()))
             .expression_attribute_values(":pending", s(EntryStatus::Pending.as_str()))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let entry = if replace_ready {
-            entry.expression_attribute_values(":ready", s(EntryStatus::Ready.as_str()))
-        } else {
-            entry
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        let claim = |entry: Put| -> Result<[TransactWriteItem; 2], StoreError> {
+            Ok([
+                self.put_new_item(job_item(job))?,
+                TransactWriteItem::builder().put(entry).build(),
+            ])
         };
-        let extra = [
-            self.put_new_item(job_item(job))?,
-            TransactWriteItem::builder()
-                .put(entry.build().map_err(build_err)?)
-                .build(),
-        ];
-        match self.charge_with(charge, &extra).await? {
-            Charged::Done(balance) => Ok(JobStart::Started { balance }),
-            Charged::ExtraFailed { index: 1, old } => {
-                let entry = match old.as_ref().and_then(|i| self.parse_entry(i)) {
-                    Some(entry) => Some(entry),
-                    None => self.read_entry(&pending.cache_key).await?,
-                };
-                match entry {
-                    Some(entry) => Ok(JobStart::EntryTaken(Box::new(entry))),
-                    // Gone in between: the caller tries again.
-                    None => Err(StoreError("the cache entry changed; try again".into()).into()),
+        let old = match self.charge_with(charge, &claim(free)?).await? {
+            Charged::Done(balance) => return Ok(JobStart::Started { balance }),
+            Charged::ExtraFailed { index: 1, old } => old,
+            Charged::ExtraFailed { .. } => {
+                return Err(StoreError(format!("job {} already exists", job.id)).into());
+            }
+        };
+        let old = match old {
+            Some(old) => old,
+            None => match self.read_entry_item(&pending.cache_key).await? {
+                Some(old) => old,
+                // Gone in between: the caller tries again.
+                None => return Err(StoreError("the cache entry changed; try again".into()).into()),
+            },
+        };
+        match self.parse_entry(&old) {
+            Some(entry) if entry.joinable_job(now).is_some() => {
+                Ok(JobStart::EntryTaken(Box::new(entry)))
+            }
+            Some(entry) if entry.is_servable(now) && !bypass_ready => {
+                Ok(JobStart::EntryTaken(Box::new(entry)))
+            }
+            Some(entry) if entry.is_servable(now) => {
+                // `no-cache`: the entry stays served to others; only the job and its charge.
+                match self
+                    .charge_with(charge, &[self.put_new_item(job_item(job))?])
+                    .await?
+                {
+                    Charged::Done(balance) => Ok(JobStart::Started { balance }),
+                    Charged::ExtraFailed { .. } => {
+                        Err(StoreError(format!("job {} already exists", job.id)).into())
+                    }
                 }
             }
-            Charged::ExtraFailed { .. } => {
-                Err(StoreError(format!("job {} already exists", job.id)).into())
+            // Unreadable, or neither servable nor pending: overwrite it, if still as read.
+            parsed => {
+                if parsed.is_none() {
+                    tracing::warn!(cache_key = %pending.cache_key, "unreadable cache entry overwritten");
+                }
+                let (condition, names, values) = unchanged(&old);
+                let overwrite = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(self.entry_item(pending)))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .map_err(build_err)?;
+                match self.charge_with(charge, &claim(overwrite)?).await? {
+                    Charged::Done(balance) => Ok(JobStart::Started { balance }),
+                    Charged::ExtraFailed { index: 1, .. } => {
+                        Err(StoreError("the cache entry changed; try again".into()).into())
+                    }
+                    Charged::ExtraFailed { .. } => {
+                        Err(StoreError(format!("job {} already exists", job.id)).into())
+                    }
+                }
             }
         }
     }
@@ -1036,16 +1218,15 @@ impl JobStore for DynamoStore {
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let put = self.put_open_job(job)?;
-        let result = self
+        let request = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(put.item().clone()))
             .condition_expression(JOB_OPEN)
             .set_expression_attribute_names(put.expression_attribute_names().cloned())
-            .set_expression_attribute_values(put.expression_attribute_values().cloned())
-            .send()
-            .await;
+            .set_expression_attribute_values(put.expression_attribute_values().cloned());
+        let result = retrying(|| request.clone().send(), contended).await;
         match result {
             Ok(_) => Ok(true),
             Err(e)
@@ -1059,25 +1240,33 @@ impl JobStore for DynamoStore {
     }
 
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
-        // The entry changes only while it is pending on this job.
-        let names = HashMap::from([("#status".to_owned(), "status".to_owned())]);
-        let values = HashMap::from([
+        // A result replaces the entry unless another job's live claim holds it; a failure
+        // deletes the entry only while it is pending on this job (never a READY one).
+        let mut names = HashMap::from([("#status".to_owned(), "status".to_owned())]);
+        let mut values = HashMap::from([
             (":pending".to_owned(), s(EntryStatus::Pending.as_str())),
             (":job".to_owned(), s(&job.id)),
         ]);
         let entry_item = match ready {
-            Some(entry) => TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(self.entry_item(entry)))
-                        .condition_expression(PENDING_ON_JOB)
-                        .set_expression_attribute_names(Some(names))
-                        .set_expression_attribute_values(Some(values))
-                        .build()
-                        .map_err(build_err)?,
-                )
-                .build(),
+            Some(entry) => {
+                names.insert("#ttl".into(), "ttl".into());
+                values.insert(":now".into(), n(job.updated_at.timestamp()));
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(self.entry_item(entry)))
+                            .condition_expression(format!(
+                                "({PENDING_ON_JOB}) OR attribute_not_exists(PK) OR #status <> :pending \
+                                 OR lease_until <= :now OR #ttl <= :now"
+                            ))
+                            .set_expression_attribute_names(Some(names))
+                            .set_expression_attribute_values(Some(values))
+                            .build()
+                            .map_err(build_err)?,
+                    )
+                    .build()
+            }
             None => TransactWriteItem::builder()
                 .delete(
                     Delete::builder()

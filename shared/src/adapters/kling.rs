@@ -1,7 +1,8 @@
 //! The Kling video client: text to video and image to video, task queries, result downloads.
 //! Auth is a plain API key or a JWT (HS256) made from an access key and a secret key.
 
-use super::task_http::{download, finished, http_client, send};
+use super::download::{DownloadPolicy, Downloader};
+use super::task_http::{finished, http_client, send};
 use crate::domain::{GeneratedMedia, NormalizedVideoRequest};
 use crate::ports::{ProviderError, TaskProvider, TaskState, VideoProvider};
 use async_trait::async_trait;
@@ -34,8 +35,11 @@ pub struct KlingConfig {
     pub base_url: String,
     /// Credentials.
     pub auth: KlingAuth,
-    /// Timeout of one request.
+    /// Timeout of one request (a result download included).
     pub timeout: Duration,
+    /// What result URLs may be downloaded: strict by default (https, public addresses, size
+    /// caps); a local simulator over http must be in its allow list.
+    pub download: DownloadPolicy,
 }
 
 impl KlingConfig {
@@ -45,6 +49,7 @@ impl KlingConfig {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             auth,
             timeout: Duration::from_secs(20),
+            download: DownloadPolicy::default(),
         }
     }
 }
@@ -53,6 +58,7 @@ impl KlingConfig {
 #[derive(Debug, Clone)]
 pub struct KlingClient {
     http: reqwest::Client,
+    downloads: Downloader,
     config: KlingConfig,
 }
 
@@ -103,6 +109,7 @@ impl KlingClient {
     pub fn new(config: KlingConfig) -> Result<Self, ProviderError> {
         Ok(Self {
             http: http_client(config.timeout)?,
+            downloads: Downloader::new(&config.download, config.timeout)?,
             config,
         })
     }
@@ -176,7 +183,7 @@ impl TaskProvider for KlingClient {
     }
 
     async fn download(&self, url: &str) -> Result<GeneratedMedia, ProviderError> {
-        download(&self.http, url, "video/mp4").await
+        self.downloads.fetch(url, "video/mp4", None).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! Adapters: the ports implemented on real systems.
 
+pub mod download;
 #[cfg(feature = "aws")]
 pub mod dynamodb;
 #[cfg(feature = "embedded")]

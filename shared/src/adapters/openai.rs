@@ -2,6 +2,7 @@
 //! bounded retries on 408/409/429/5xx and connection failures honouring `retry-after-ms` and
 //! `retry-after`, and every failure classified for the caller.
 
+use super::download::{DownloadPolicy, Downloader};
 use super::task_http::transport_error;
 use crate::domain::{
     GeneratedMedia, NormalizedImageRequest, NormalizedMedia, NormalizedTtsRequest,
@@ -13,7 +14,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where and how to reach OpenAI.
 #[derive(Debug, Clone)]
@@ -30,6 +31,10 @@ pub struct OpenAiConfig {
     pub initial_backoff: Duration,
     /// A `Retry-After` longer than this is not waited for: the error goes back to the client.
     pub max_retry_wait: Duration,
+    /// What image URLs may be downloaded, when an answer carries a URL instead of `b64_json`:
+    /// strict by default (https, public addresses, size caps); a local simulator over http must
+    /// be in its allow list.
+    pub download: DownloadPolicy,
 }
 
 impl OpenAiConfig {
@@ -42,6 +47,7 @@ impl OpenAiConfig {
             max_retries: 2,
             initial_backoff: Duration::from_millis(500),
             max_retry_wait: Duration::from_secs(20),
+            download: DownloadPolicy::default(),
         }
     }
 }
@@ -50,6 +56,7 @@ impl OpenAiConfig {
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
+    downloads: Downloader,
     config: OpenAiConfig,
 }
 
@@ -76,6 +83,7 @@ struct ImagesResponse {
 #[derive(Deserialize)]
 struct ImageDatum {
     b64_json: Option<String>,
+    url: Option<String>,
 }
 
 /// One attempt's failure, and whether another attempt may help.
@@ -84,6 +92,10 @@ struct AttemptError {
     retryable: bool,
     retry_after: Option<Duration>,
 }
+
+/// The shortest provider attempt worth starting: less than this before the deadline and the call
+/// is not made (it could not finish).
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 impl OpenAiClient {
     /// A client for `config`.
@@ -97,17 +109,33 @@ impl OpenAiClient {
             .map_err(|e| ProviderError::BadResponse {
                 message: format!("HTTP client: {e}"),
             })?;
-        Ok(Self { http, config })
+        let downloads = Downloader::new(&config.download, config.timeout)?;
+        Ok(Self {
+            http,
+            downloads,
+            config,
+        })
     }
 
-    /// POSTs `body` to `path` with retries; returns the successful response.
-    async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, ProviderError> {
+    /// POSTs `body` to `path` with retries; returns the successful response. No attempt or retry
+    /// starts that cannot end by `deadline`: each attempt's timeout is cut to the time left.
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, ProviderError> {
         let url = format!("{}{path}", self.config.base_url);
         let mut attempt = 0;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < MIN_ATTEMPT {
+                return Err(ProviderError::Timeout);
+            }
             let result = self
                 .http
                 .post(&url)
+                .timeout(left.min(self.config.timeout))
                 .bearer_auth(&self.config.api_key)
                 .json(body)
                 .send()
@@ -120,9 +148,11 @@ impl OpenAiClient {
             let wait = failure
                 .retry_after
                 .unwrap_or_else(|| backoff(self.config.initial_backoff, attempt));
+            let retry_fits = Instant::now() + wait + MIN_ATTEMPT <= deadline;
             if !failure.retryable
                 || attempt >= self.config.max_retries
                 || wait > self.config.max_retry_wait
+                || !retry_fits
             {
                 return Err(failure.error);
             }
@@ -220,6 +250,7 @@ impl SpeechProvider for OpenAiClient {
     async fn synthesize(
         &self,
         req: &NormalizedTtsRequest,
+        deadline: Instant,
     ) -> Result<GeneratedMedia, ProviderError> {
         let mut body = json!({
             "model": req.model,
@@ -231,7 +262,7 @@ impl SpeechProvider for OpenAiClient {
         if let Some(instructions) = &req.instructions {
             body["instructions"] = json!(instructions);
         }
-        let resp = self.post("/v1/audio/speech", &body).await?;
+        let resp = self.post("/v1/audio/speech", &body, deadline).await?;
         let bytes = resp
             .bytes()
             .await
@@ -259,6 +290,7 @@ impl ImageProvider for OpenAiClient {
     async fn generate(
         &self,
         req: &NormalizedImageRequest,
+        deadline: Instant,
     ) -> Result<Vec<GeneratedMedia>, ProviderError> {
         let mut body = json!({
             "model": req.model,
@@ -280,16 +312,38 @@ impl ImageProvider for OpenAiClient {
                 body[name] = json!(v);
             }
         }
-        let resp = self.post("/v1/images/generations", &body).await?;
+        let resp = self.post("/v1/images/generations", &body, deadline).await?;
         let parsed: ImagesResponse = resp.json().await.map_err(|e| ProviderError::BadResponse {
             message: format!("images answer: {e}"),
         })?;
         let mut media = Vec::with_capacity(parsed.data.len());
         for datum in parsed.data {
-            // We ask for b64_json, so an answer without it is unusable (a URL would die in 60 min).
-            let b64 = datum.b64_json.ok_or_else(|| ProviderError::BadResponse {
-                message: "image without b64_json".into(),
-            })?;
+            // We ask for b64_json; an answer with a URL instead (it dies in 60 minutes) is
+            // fetched now, under the download policy and within the deadline.
+            let b64 = match (datum.b64_json, datum.url) {
+                (Some(b64), _) => b64,
+                (None, Some(url)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left < MIN_ATTEMPT {
+                        return Err(ProviderError::Timeout);
+                    }
+                    let image = self
+                        .downloads
+                        .fetch(
+                            &url,
+                            req.content_type(),
+                            Some(left.min(self.config.timeout)),
+                        )
+                        .await?;
+                    media.push(image);
+                    continue;
+                }
+                (None, None) => {
+                    return Err(ProviderError::BadResponse {
+                        message: "image without b64_json or url".into(),
+                    });
+                }
+            };
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map_err(|e| ProviderError::BadResponse {

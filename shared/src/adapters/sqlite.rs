@@ -739,7 +739,7 @@ impl JobStore for SqliteStore {
         &self,
         job: &Job,
         pending: &CacheEntry,
-        replace_ready: bool,
+        bypass_ready: bool,
         charge: &Charge,
     ) -> Result<JobStart, ChargeError> {
         let (job, pending, charge) = (job.clone(), pending.clone(), charge.clone());
@@ -747,16 +747,25 @@ impl JobStore for SqliteStore {
             let now = job.created_at;
             let pk = pending.cache_key.to_string();
             // An unreadable entry is overwritten, like a missing one.
-            if let Some(existing) = read_entry(tx, &pk).ok().flatten() {
-                let live = existing.joinable_job(now).is_some()
-                    || (!replace_ready && existing.is_servable(now));
-                if live {
-                    return Ok(JobStart::EntryTaken(Box::new(existing)));
+            let existing = read_entry(tx, &pk).ok().flatten();
+            let servable = match &existing {
+                Some(e) if e.joinable_job(now).is_some() => {
+                    return Ok(JobStart::EntryTaken(Box::new(e.clone())));
                 }
-            }
+                Some(e) if e.is_servable(now) => {
+                    if !bypass_ready {
+                        return Ok(JobStart::EntryTaken(Box::new(e.clone())));
+                    }
+                    true
+                }
+                _ => false,
+            };
             let balance = charge_in(tx, &charge)?;
             write_job(tx, &job).map_err(db_err)?;
-            write_entry(tx, &pending).map_err(db_err)?;
+            // A bypass leaves the entry others are served from; it is replaced on success only.
+            if !servable {
+                write_entry(tx, &pending).map_err(db_err)?;
+            }
             Ok(JobStart::Started { balance })
         })
         .await
@@ -806,17 +815,21 @@ impl JobStore for SqliteStore {
             }
             write_job(tx, &job).map_err(db_err)?;
             let pk = job.cache_key.to_string();
-            let ours = read_entry(tx, &pk).ok().flatten().is_some_and(|e| {
+            let existing = read_entry(tx, &pk).ok().flatten();
+            let ours = existing.as_ref().is_some_and(|e| {
                 e.status == EntryStatus::Pending && e.job_id.as_deref() == Some(&job.id)
             });
-            if ours {
-                match &ready {
-                    Some(entry) => write_entry(tx, entry).map_err(db_err)?,
-                    None => {
-                        tx.execute("DELETE FROM cache_entries WHERE pk = ?1", [&pk])
-                            .map_err(db_err)?;
-                    }
+            let claimed_by_another = existing.as_ref().is_some_and(|e| {
+                e.joinable_job(job.updated_at)
+                    .is_some_and(|other| other != job.id)
+            });
+            match &ready {
+                Some(entry) if !claimed_by_another => write_entry(tx, entry).map_err(db_err)?,
+                None if ours => {
+                    tx.execute("DELETE FROM cache_entries WHERE pk = ?1", [&pk])
+                        .map_err(db_err)?;
                 }
+                _ => {}
             }
             Ok(true)
         })

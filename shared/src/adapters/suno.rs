@@ -1,7 +1,8 @@
 //! The Suno music client (sunoapi.org style): create a task, read its record, download the songs.
 //! Every answer is `{"code", "msg", "data"}`; `code` says what happened whatever the HTTP status.
 
-use super::task_http::{download, finished, http_client, send};
+use super::download::{DownloadPolicy, Downloader};
+use super::task_http::{finished, http_client, send};
 use crate::domain::{GeneratedMedia, NormalizedMusicRequest};
 use crate::ports::{MusicProvider, ProviderError, TaskProvider, TaskState};
 use async_trait::async_trait;
@@ -16,8 +17,11 @@ pub struct SunoConfig {
     pub base_url: String,
     /// The API key.
     pub api_key: String,
-    /// Timeout of one request.
+    /// Timeout of one request (a result download included).
     pub timeout: Duration,
+    /// What result URLs may be downloaded: strict by default (https, public addresses, size
+    /// caps); a local simulator over http must be in its allow list.
+    pub download: DownloadPolicy,
 }
 
 impl SunoConfig {
@@ -27,6 +31,7 @@ impl SunoConfig {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             api_key: api_key.into(),
             timeout: Duration::from_secs(20),
+            download: DownloadPolicy::default(),
         }
     }
 }
@@ -35,6 +40,7 @@ impl SunoConfig {
 #[derive(Debug, Clone)]
 pub struct SunoClient {
     http: reqwest::Client,
+    downloads: Downloader,
     config: SunoConfig,
 }
 
@@ -73,6 +79,7 @@ impl SunoClient {
     pub fn new(config: SunoConfig) -> Result<Self, ProviderError> {
         Ok(Self {
             http: http_client(config.timeout)?,
+            downloads: Downloader::new(&config.download, config.timeout)?,
             config,
         })
     }
@@ -146,7 +153,7 @@ impl TaskProvider for SunoClient {
     }
 
     async fn download(&self, url: &str) -> Result<GeneratedMedia, ProviderError> {
-        download(&self.http, url, "audio/mpeg").await
+        self.downloads.fetch(url, "audio/mpeg", None).await
     }
 }
 

@@ -1,8 +1,7 @@
 //! What the provider clients share: the HTTP client, failures of the transport, and (for the
-//! long-task clients, Suno and Kling) sending a call, reading a finished task, downloading a
-//! result from the provider's CDN.
+//! long-task clients, Suno and Kling) sending a call and reading a finished task. Downloading a
+//! result from the provider's CDN is `download`'s.
 
-use crate::domain::GeneratedMedia;
 use crate::ports::{ProviderError, TaskState};
 use std::time::Duration;
 
@@ -44,41 +43,6 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-/// Downloads a result URL. A URL that is gone (expired, deleted) will not come back: Rejected.
-pub(crate) async fn download(
-    http: &reqwest::Client,
-    url: &str,
-    content_type: &str,
-) -> Result<GeneratedMedia, ProviderError> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| transport_error(&e))?;
-    let status = resp.status();
-    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Err(ProviderError::Unavailable {
-            message: format!("result download: HTTP {status}"),
-            retry_after: retry_after(&resp),
-        });
-    }
-    if !status.is_success() {
-        return Err(ProviderError::Rejected {
-            message: format!("result URL answered HTTP {status} (expired or deleted)"),
-        });
-    }
-    let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
-    if bytes.is_empty() {
-        return Err(ProviderError::BadResponse {
-            message: "empty result".into(),
-        });
-    }
-    Ok(GeneratedMedia {
-        bytes,
-        content_type: content_type.to_owned(),
-    })
 }
 
 /// A provider's answer, read whole: status, `Retry-After`, body.

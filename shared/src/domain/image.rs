@@ -76,7 +76,7 @@ pub struct ImageRequest {
 }
 
 /// A validated image request with every default filled in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NormalizedImageRequest {
     /// Normalised prompt.
     pub prompt: String,

@@ -3,7 +3,7 @@
 
 use super::cache_key::{MediaType, NormalizedMedia};
 use super::error::{ValidationError, at_most_chars, one_of};
-use super::text::{normalize_text, normalize_token};
+use super::text::{normalize_lines, normalize_text, normalize_token};
 use serde::{Deserialize, Serialize};
 
 /// The Suno models, in the spelling the API takes.
@@ -35,7 +35,9 @@ pub struct MusicRequest {
 pub struct NormalizedMusicRequest {
     /// Suno's `customMode`: style and title given by the client.
     pub custom_mode: bool,
-    /// Normalised prompt (empty for an instrumental in custom mode without lyrics).
+    /// Normalised prompt: a description folded to one line (simple mode), or the lyrics with
+    /// their line breaks and stanza breaks kept, each line folded (custom mode); empty for an
+    /// instrumental in custom mode without lyrics. This text is both hashed and sent to Suno.
     pub prompt: String,
     /// Normalised style (custom mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,10 +67,21 @@ impl MusicRequest {
         };
         one_of("model", &model, MUSIC_MODELS)?;
         let instrumental = self.instrumental.unwrap_or(false);
-        let prompt = non_empty(self.prompt.as_deref());
         let style = non_empty(self.style.as_deref());
         let title = non_empty(self.title.as_deref());
         let custom_mode = style.is_some() || title.is_some();
+        // Lyrics are sung line by line: their layout changes the song, so it is kept (and
+        // hashed); a description is folded.
+        let normalize: fn(&str) -> String = if custom_mode {
+            normalize_lines
+        } else {
+            normalize_text
+        };
+        let prompt = self
+            .prompt
+            .as_deref()
+            .map(normalize)
+            .filter(|p| !p.is_empty());
         if !custom_mode {
             let prompt = prompt.ok_or_else(|| {
                 ValidationError::new(
@@ -179,6 +192,65 @@ mod tests {
             ..req(Some(&"x".repeat(3001)), Some("pop"), false)
         };
         assert_eq!(v4.normalize().unwrap_err().field, "prompt");
+    }
+
+    fn lyrics(prompt: &str) -> MusicRequest {
+        req(Some(prompt), Some("synthwave"), false)
+    }
+
+    #[test]
+    fn lyrics_keep_their_line_breaks_and_one_blank_line_between_stanzas() {
+        let n = lyrics("\r\n  Neon  lights,\r\n   city  nights \r\n\r\n\r\n\tChorus  here\r\n\r\n")
+            .normalize()
+            .unwrap();
+        assert!(n.custom_mode);
+        assert_eq!(n.prompt, "Neon lights,\ncity nights\n\nChorus here");
+    }
+
+    #[test]
+    fn two_layouts_of_the_same_lyrics_share_one_key() {
+        let unix = lyrics("Neon lights,\ncity nights\n\nChorus here");
+        let windows =
+            lyrics("\r\n Neon   lights, \r\n\tcity nights\r\n\r\n\r\n  Chorus\u{a0} here \r\n");
+        let old_mac = lyrics("Neon lights,\rcity  nights\r\rChorus here\r");
+        let key = unix.normalize().unwrap().cache_key();
+        assert_eq!(windows.normalize().unwrap().cache_key(), key);
+        assert_eq!(old_mac.normalize().unwrap().cache_key(), key);
+    }
+
+    #[test]
+    fn lyrics_with_another_line_structure_get_another_key() {
+        let keys: Vec<_> = [
+            "Neon lights, city nights",
+            "Neon lights,\ncity nights",
+            "Neon lights,\n\ncity nights",
+            "Neon\nlights, city nights",
+        ]
+        .iter()
+        .map(|p| lyrics(p).normalize().unwrap().cache_key())
+        .collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn descriptions_styles_and_titles_are_folded_to_one_line() {
+        let simple = req(Some(" a calm\r\n\r\npiano  piece\n"), None, false)
+            .normalize()
+            .unwrap();
+        assert_eq!(simple.prompt, "a calm piano piece");
+        let custom = MusicRequest {
+            title: Some(" Night\n Drive ".into()),
+            ..req(Some("la\nla"), Some("lo-fi\r\n  hip hop"), false)
+        }
+        .normalize()
+        .unwrap();
+        assert_eq!(custom.style.as_deref(), Some("lo-fi hip hop"));
+        assert_eq!(custom.title.as_deref(), Some("Night Drive"));
+        assert_eq!(custom.prompt, "la\nla");
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct TtsRequest {
 }
 
 /// A validated speech request with every default filled in; equal requests are equal values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NormalizedTtsRequest {
     /// Normalised text.
     pub text: String,

@@ -91,6 +91,21 @@ impl HttpError {
                     "queue_unavailable",
                     Some(1),
                 ),
+                S::StillRunning { .. } => (StatusCode::GATEWAY_TIMEOUT, "still_running", None),
+                S::Generation(failure) => match failure.code.as_str() {
+                    "provider_rejected" => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "provider_rejected", None)
+                    }
+                    "provider_rate_limited" | "provider_unavailable" => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "provider_unavailable",
+                        Some(5),
+                    ),
+                    "provider_timeout" | "timed_out" => {
+                        (StatusCode::GATEWAY_TIMEOUT, "provider_timeout", None)
+                    }
+                    _ => (StatusCode::BAD_GATEWAY, "provider_error", None),
+                },
                 S::Provider(p) => match p {
                     ProviderError::RateLimited { retry_after } => (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +131,7 @@ impl HttpError {
                     }
                     ProviderError::Account { .. }
                     | ProviderError::BadResponse { .. }
+                    | ProviderError::Refused { .. }
                     | ProviderError::Failed { .. } => {
                         (StatusCode::BAD_GATEWAY, "provider_error", None)
                     }
@@ -133,10 +149,9 @@ impl HttpError {
             HttpError::Service(ServiceError::Queue(_)) => {
                 "the job queue is temporarily unavailable; nothing was charged".into()
             }
-            HttpError::Service(ServiceError::Provider(
-                ProviderError::Account { .. } | ProviderError::BadResponse { .. },
-            )) => "the provider could not be used; nothing was charged".into(),
-            HttpError::Service(ServiceError::Provider(p)) => format!("{p}; nothing was charged"),
+            HttpError::Service(ServiceError::Provider(p)) => {
+                format!("{}; nothing was charged", p.public_message())
+            }
             other => other.to_string(),
         }
     }

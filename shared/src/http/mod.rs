@@ -12,10 +12,10 @@ use crate::domain::JobStatus;
 use crate::service::accounts::generate_request_id;
 use crate::service::{
     Answer, CacheControl, CallContext, CallbackOutcome, Generation, JobTicket, MediaRequest,
-    MediaService, ServiceError,
+    MediaService, Prefer, ServiceError,
 };
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,10 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
+/// The largest answer a function may return: Lambda refuses response payloads over 6 MB
+/// (binary bodies travel base64-encoded), less room for the headers and the event's envelope.
+pub const MAX_ANSWER_BYTES: usize = 6 * 1024 * 1024 - 64 * 1024;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +43,14 @@ pub struct AppState {
     /// How long a result URL stays valid.
     pub url_ttl: Duration,
 }
+
+/// When the answer to this request must be sent: set by the runtime (the Lambda context's
+/// deadline less a margin); without it the service's request budget applies.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub tokio::time::Instant);
+
+/// The deadline extension, if the runtime set one.
+type Deadline = Option<Extension<RequestDeadline>>;
 
 /// The HTTP functions of the API on AWS; each serves its own routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,34 +143,38 @@ async fn method_not_allowed() -> ApiError {
 
 async fn tts(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, body, MediaRequest::Tts).await
+    generate(&state, &headers, deadline, body, MediaRequest::Tts).await
 }
 
 async fn image(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, body, MediaRequest::Image).await
+    generate(&state, &headers, deadline, body, MediaRequest::Image).await
 }
 
 async fn music(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, body, MediaRequest::Music).await
+    generate(&state, &headers, deadline, body, MediaRequest::Music).await
 }
 
 async fn video(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, body, MediaRequest::Video).await
+    generate(&state, &headers, deadline, body, MediaRequest::Video).await
 }
 
 /// `GET /api/v1/media/jobs/{id}`: the caller's job, with fresh URLs once it is complete.
@@ -230,10 +246,12 @@ fn poll_url(job_id: &str) -> String {
 async fn generate<R: DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
+    deadline: Deadline,
     body: Result<Bytes, BytesRejection>,
     wrap: fn(R) -> MediaRequest,
 ) -> Result<Response, ApiError> {
-    let call = call_context(headers)?;
+    let mut call = call_context(headers)?;
+    call.deadline = deadline.map(|Extension(d)| d.0);
     let req = wrap(parse_body(&call.request_id, body)?);
     let generation = state
         .service
@@ -316,13 +334,42 @@ fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
                 .unwrap_or("http");
             format!("{proto}://{host}")
         });
+    let prefer = prefer(headers).map_err(|e| ApiError::new(&request_id, e))?;
     Ok(CallContext {
         api_key,
         request_id,
         idempotency_key,
         cache_control,
         origin,
+        deadline: None,
+        prefer,
     })
+}
+
+/// The preferences of RFC 7240 the API honours: `respond-async` and `wait=N` (seconds).
+/// Others are ignored, as the RFC says; a `wait` that is not a number is a 400.
+fn prefer(headers: &HeaderMap) -> Result<Prefer, ServiceError> {
+    let mut prefer = Prefer::default();
+    for value in headers.get_all("prefer") {
+        let text = value.to_str().unwrap_or_default();
+        for preference in text.split(',') {
+            // Parameters after `;` qualify a preference; none is used here.
+            let token = preference.split(';').next().unwrap_or_default().trim();
+            let (name, value) = match token.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (token, None),
+            };
+            if name.eq_ignore_ascii_case("respond-async") {
+                prefer.respond_async = true;
+            } else if name.eq_ignore_ascii_case("wait") {
+                let secs = value.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
+                    ServiceError::BadHeader("Prefer: wait must be a whole number of seconds".into())
+                })?;
+                prefer.wait = Some(std::time::Duration::from_secs(secs));
+            }
+        }
+    }
+    Ok(prefer)
 }
 
 /// Parses a JSON body; an oversized body is 413, anything malformed 400 with serde's reason.
@@ -433,6 +480,18 @@ fn with_cache_headers<'a>(
     set_header(&mut response, "x-request-id", &call.request_id);
     if h.replayed {
         set_header(&mut response, "idempotent-replayed", "true");
+    }
+    let applied: Vec<String> = [
+        call.prefer
+            .respond_async
+            .then(|| "respond-async".to_owned()),
+        call.prefer.wait.map(|w| format!("wait={}", w.as_secs())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !applied.is_empty() {
+        set_header(&mut response, "preference-applied", &applied.join(", "));
     }
     response
 }

@@ -1,17 +1,20 @@
 //! OpenAI-compatible drop-ins, through the same cache as the native routes: an app that speaks
 //! OpenAI's API only changes its base URL. `POST /v1/audio/speech` answers with the audio itself;
 //! `POST /v1/images/generations` with OpenAI's `{created, data: [{url | b64_json}]}`. Credits,
-//! cache headers and errors are ours.
+//! cache headers and errors are ours. An answer larger than a function may return
+//! (`MAX_ANSWER_BYTES`) is delivered another way: speech as a 303 redirect to the audio's URL
+//! (OpenAI's SDKs follow it with a GET), images as URLs instead of base64.
 
 use super::{
-    ApiError, AppState, call_context, parse_body, presign_keys, set_header, with_cache_headers,
+    ApiError, AppState, Deadline, MAX_ANSWER_BYTES, call_context, parse_body, presign_keys,
+    set_header, with_cache_headers,
 };
 use crate::domain::{ImageRequest, TtsRequest, ValidationError};
-use crate::service::{CallContext, Generation, MediaRequest, ServiceError};
+use crate::service::{Answer, CallContext, Generation, MediaRequest, ServiceError};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -67,6 +70,9 @@ fn openai_field_names(error: ServiceError) -> ServiceError {
     }
 }
 
+/// Runs the request; a drop-in answers only with the result (OpenAI's API has no jobs), so
+/// it asks for no `Prefer` and an answer that is still a job when the budget runs out is a 504
+/// whose job settles (and is delivered to the native job route) on its own.
 async fn run(
     state: &AppState,
     call: &CallContext,
@@ -77,13 +83,15 @@ async fn run(
         .generate(call, &req)
         .await
         .map_err(|e| ApiError::new(&call.request_id, openai_field_names(e)))?;
-    answer.ready().ok_or_else(|| {
-        // Speech and images always answer at once.
-        ApiError::new(
+    match answer {
+        Answer::Ready(generation) => Ok(generation),
+        Answer::Job(ticket) => Err(ApiError::new(
             &call.request_id,
-            ServiceError::Storage("a speech or image request became a job".into()),
-        )
-    })
+            ServiceError::StillRunning {
+                job_id: ticket.job_id,
+            },
+        )),
+    }
 }
 
 /// The bytes of a result's objects, in order.
@@ -114,10 +122,13 @@ async fn bytes_of(
 /// `POST /v1/audio/speech`: the audio bytes, with our cache and credit headers.
 pub(super) async fn speech(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let call = call_context(&headers)?;
+    let mut call = call_context(&headers)?;
+    call.deadline = deadline.map(|d| d.0.0);
+    call.prefer = Default::default();
     let body: SpeechBody = parse_body(&call.request_id, body)?;
     let req = MediaRequest::Tts(TtsRequest {
         text: body.input,
@@ -133,6 +144,17 @@ pub(super) async fn speech(
         .into_iter()
         .next()
         .unwrap_or_default();
+    // Binary bodies leave a function base64-encoded: 4 bytes for every 3.
+    if audio.len().div_ceil(3) * 4 > MAX_ANSWER_BYTES {
+        let (urls, _) = presign_keys(&state, &call, &generation.object_keys).await?;
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        set_header(
+            &mut response,
+            "location",
+            urls.first().map_or("", String::as_str),
+        );
+        return Ok(with_cache_headers(response, &call, &generation));
+    }
     let mut response = audio.into_response();
     set_header(
         &mut response,
@@ -145,10 +167,13 @@ pub(super) async fn speech(
 /// `POST /v1/images/generations`: OpenAI's answer shape, with URLs (presigned, ours) or base64.
 pub(super) async fn images(
     State(state): State<AppState>,
+    deadline: Deadline,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let call = call_context(&headers)?;
+    let mut call = call_context(&headers)?;
+    call.deadline = deadline.map(|d| d.0.0);
+    call.prefer = Default::default();
     let body: ImagesBody = parse_body(&call.request_id, body)?;
     // OpenAI's defaults, not the native route's: dall-e-2, and URLs except for gpt-image-1.
     let model = body.model.unwrap_or_else(|| "dall-e-2".into());
@@ -176,10 +201,15 @@ pub(super) async fn images(
         output_format: body.output_format,
     });
     let generation = run(&state, &call, req).await?;
-    let data: Vec<_> = if b64 {
+    let images = if b64 {
+        bytes_of(&state, &call, &generation).await?
+    } else {
+        Vec::new()
+    };
+    let encoded: usize = images.iter().map(|b| b.len().div_ceil(3) * 4).sum();
+    let data: Vec<_> = if b64 && encoded <= MAX_ANSWER_BYTES {
         let engine = base64::engine::general_purpose::STANDARD;
-        bytes_of(&state, &call, &generation)
-            .await?
+        images
             .iter()
             .map(|b| json!({"b64_json": engine.encode(b)}))
             .collect()

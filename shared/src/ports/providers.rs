@@ -5,7 +5,7 @@ use crate::domain::{
     NormalizedVideoRequest,
 };
 use async_trait::async_trait;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A provider call that did not produce media.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,13 @@ pub enum ProviderError {
         /// What was wrong.
         message: String,
     },
+    /// The provider's result was not downloaded: our download policy refused it (not https, a
+    /// private address, too large, not media). The message names the rule only.
+    #[error("{message}")]
+    Refused {
+        /// Which rule refused it (fixed texts, safe to show).
+        message: String,
+    },
     /// A long task ended without a result.
     #[error("provider could not generate it: {message}")]
     Failed {
@@ -63,7 +70,36 @@ impl ProviderError {
             ProviderError::Rejected { .. } => "provider_rejected",
             ProviderError::Account { .. } => "provider_account",
             ProviderError::BadResponse { .. } => "provider_bad_response",
+            ProviderError::Refused { .. } => "provider_result_refused",
             ProviderError::Failed { .. } => "generation_failed",
+        }
+    }
+
+    /// What a client may be told: the provider's own words where they concern the request
+    /// (a refusal, a failed task), never transport detail or our own addresses.
+    pub fn public_message(&self) -> String {
+        /// Provider text is shown, but bounded.
+        fn bounded(text: &str) -> String {
+            let mut out: String = text.chars().take(300).collect();
+            if out.len() < text.len() {
+                out.push('…');
+            }
+            out
+        }
+        match self {
+            ProviderError::RateLimited { .. } => "the provider is rate limiting requests".into(),
+            ProviderError::Unavailable { .. } => "the provider is unavailable".into(),
+            ProviderError::Timeout => "the provider did not answer in time".into(),
+            ProviderError::Rejected { message } => {
+                format!("the provider rejected the request: {}", bounded(message))
+            }
+            ProviderError::Account { .. } | ProviderError::BadResponse { .. } => {
+                "the provider could not be used".into()
+            }
+            ProviderError::Refused { message } => message.clone(),
+            ProviderError::Failed { message } => {
+                format!("the provider could not generate it: {}", bounded(message))
+            }
         }
     }
 
@@ -133,9 +169,12 @@ pub trait VideoProvider: TaskProvider {
 pub trait SpeechProvider: Send + Sync {
     /// The provider's name, e.g. "openai".
     fn name(&self) -> &str;
-    /// Speaks the request's text.
-    async fn synthesize(&self, req: &NormalizedTtsRequest)
-    -> Result<GeneratedMedia, ProviderError>;
+    /// Speaks the request's text; no attempt starts that cannot end by `deadline`.
+    async fn synthesize(
+        &self,
+        req: &NormalizedTtsRequest,
+        deadline: Instant,
+    ) -> Result<GeneratedMedia, ProviderError>;
 }
 
 /// Image generation.
@@ -143,9 +182,10 @@ pub trait SpeechProvider: Send + Sync {
 pub trait ImageProvider: Send + Sync {
     /// The provider's name, e.g. "openai".
     fn name(&self) -> &str;
-    /// Draws `req.n` images.
+    /// Draws `req.n` images; no attempt starts that cannot end by `deadline`.
     async fn generate(
         &self,
         req: &NormalizedImageRequest,
+        deadline: Instant,
     ) -> Result<Vec<GeneratedMedia>, ProviderError>;
 }

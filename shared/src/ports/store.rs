@@ -58,7 +58,8 @@ pub trait LookupStore: Send + Sync {
 #[async_trait]
 pub trait CreditStore: Send + Sync {
     /// Debits the charge unless the balance would go below zero; returns the new balance.
-    /// With `count_hit`, the entry's `hit_count` grows by one in the same transaction.
+    /// With `count_hit`, the entry's `hit_count` grows by one, never in a write that another
+    /// user's charge also makes (see each adapter for how exact the count is).
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError>;
 
     /// Credits the refund once per request id; returns the new balance, or None if that request
@@ -137,12 +138,14 @@ pub enum JobStart {
 pub trait JobStore: Send + Sync {
     /// Writes `job`, its `pending` entry and the `charge` (with its ledger line) in one
     /// transaction, unless a live entry is in the way: a pending one whose lease has not run out,
-    /// or (without `replace_ready`) a servable one. Nothing is written when it fails.
+    /// or (without `bypass_ready`) a servable one. With `bypass_ready` (`no-cache`) a servable
+    /// entry stays as it is, still served to others, and only the job and charge are written.
+    /// A missing, expired or unreadable entry is overwritten. Nothing is written when it fails.
     async fn start_job(
         &self,
         job: &Job,
         pending: &CacheEntry,
-        replace_ready: bool,
+        bypass_ready: bool,
         charge: &Charge,
     ) -> Result<JobStart, ChargeError>;
 
@@ -159,8 +162,10 @@ pub trait JobStore: Send + Sync {
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
 
     /// Saves the finished leader `job` and settles its cache entry in one transaction: `ready`
-    /// replaces the entry while it is still pending on this job; None deletes it (a failed job,
-    /// or `no-store`). Returns false when the stored job was already terminal (nothing changed).
+    /// replaces the entry unless another job's live pending claim holds it; None deletes the
+    /// entry only while it is pending on this job (a failed job, or `no-store`), so a READY
+    /// entry others are served from is never lost. Returns false when the stored job was
+    /// already terminal (nothing changed).
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError>;
 
     /// The jobs that joined `leader_id`'s task.

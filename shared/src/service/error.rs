@@ -44,6 +44,17 @@ pub enum ServiceError {
     /// This deployment does not offer the feature (e.g. no provider key for it).
     #[error("{0}")]
     NotConfigured(&'static str),
+    /// The identical request this one joined failed; this request's charge was refunded.
+    #[error("{}; nothing was charged", .0.message)]
+    Generation(crate::domain::JobFailure),
+    /// A drop-in request ran out of time; its job finishes on its own (charged once).
+    #[error(
+        "the generation is taking longer than this request may wait; it completes as job {job_id}"
+    )]
+    StillRunning {
+        /// The job, visible at `GET /api/v1/media/jobs/{id}`.
+        job_id: String,
+    },
     /// The job queue refused a message; any charge was refunded.
     #[error("the job queue is temporarily unavailable")]
     Queue(String),

@@ -1,19 +1,19 @@
-//! Long jobs (music, video): starting one on a miss or joining an identical one in flight
-//! (single flight), the job's status for its owner, provider callbacks, and the completion step
-//! the queue consumer runs.
+//! Jobs: every miss has one (see `miss`). Here: the job's status for its owner, provider task
+//! submission and callbacks, and the completion step the queue consumer runs, which finishes
+//! what a request did not (polls a provider task, or generates speech and images itself) and
+//! settles every charge: completed with its result, or refunded, exactly once.
 
 use super::{
     Answer, CacheOutcome, CallContext, CallbackSigner, Generator, MediaJob, MediaService,
-    ServiceError,
+    MissPolicy, ServiceError,
 };
+use crate::domain::GeneratedMedia;
 use crate::domain::job::poll_delay;
 use crate::domain::{
-    CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus, LedgerReason,
-    MediaType,
+    CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus, MediaType,
 };
 use crate::ports::{
-    JobQueue, JobStart, Lookup, MusicProvider, ProviderError, TaskProvider, TaskState,
-    VideoProvider,
+    JobQueue, MusicProvider, ProviderError, TaskProvider, TaskState, VideoProvider,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ impl Default for JobPolicy {
     }
 }
 
-/// What music and video need besides the sync parts.
+/// What jobs need: the queue that settles them, the long-task providers, callbacks, policies.
 #[derive(Clone)]
 pub struct JobParts {
     /// Carries jobs to the completion step.
@@ -51,6 +51,8 @@ pub struct JobParts {
     pub callbacks: CallbackSigner,
     /// Polling and timeout.
     pub policy: JobPolicy,
+    /// Deadlines of requests and of the worker, slow models.
+    pub miss: MissPolicy,
     /// Suno, when configured.
     pub music: Option<Arc<dyn MusicProvider>>,
     /// Kling, when configured.
@@ -118,10 +120,6 @@ pub enum CallbackOutcome {
     AlreadyFinished,
 }
 
-/// How many times a request tries to start or join before giving up (each failed try means
-/// another request changed the entry in between).
-const START_ATTEMPTS: usize = 4;
-
 impl MediaService {
     pub(crate) fn job_parts(&self) -> Result<&JobParts, ServiceError> {
         self.jobs.as_ref().ok_or(ServiceError::NotConfigured(
@@ -129,11 +127,11 @@ impl MediaService {
         ))
     }
 
-    fn new_job(
+    pub(super) fn new_job(
         &self,
         call: &CallContext,
         user_id: &str,
-        job: &MediaJob<'_>,
+        job: &MediaJob,
         leader: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Job, ServiceError> {
@@ -165,7 +163,7 @@ impl MediaService {
         })
     }
 
-    fn ticket(&self, job: &Job, outcome: CacheOutcome, remaining: u64) -> JobTicket {
+    pub(super) fn ticket(&self, job: &Job, outcome: CacheOutcome, remaining: u64) -> JobTicket {
         JobTicket {
             job_id: job.id.clone(),
             request_id: job.request_id.clone(),
@@ -182,116 +180,20 @@ impl MediaService {
         }
     }
 
-    /// A music or video miss: join the identical job in flight, or start one (charge, queue,
-    /// submit the provider task) and answer with it.
-    pub(super) async fn start_or_join(
-        &self,
-        call: &CallContext,
-        user_id: &str,
-        lookup: Lookup,
-        job: &MediaJob<'_>,
-    ) -> Result<Answer, ServiceError> {
-        let parts = self.job_parts()?;
-        let mut seen = lookup.entry;
-        let mut balance = lookup.balance;
-        for _ in 0..START_ATTEMPTS {
-            let now = self.clock.now();
-            if let Some(entry) = &seen {
-                if let Some(leader) = entry.joinable_job(now) {
-                    if let Some(answer) = self.join(call, user_id, job, leader, balance).await? {
-                        return Ok(answer);
-                    }
-                } else if entry.is_servable(now) && !call.cache_control.no_cache {
-                    let generation = self.hit(call, user_id, entry.clone(), job, balance).await?;
-                    return Ok(Answer::Ready(generation));
-                }
-            }
-            let mut leader = self.new_job(call, user_id, job, None, now)?;
-            leader.credits_charged = job.price;
-            let pending = CacheEntry {
-                cache_key: job.cache_key.clone(),
-                status: EntryStatus::Pending,
-                result_keys: Vec::new(),
-                content_type: job.content_type.to_owned(),
-                provider: job.provider.clone(),
-                model: job.model.clone(),
-                credits_used: job.price,
-                created_at: leader.created_at,
-                hit_count: 0,
-                expires_at: leader.deadline,
-                request_params: job.params.clone(),
-                job_id: Some(leader.id.clone()),
-                lease_until: Some(leader.deadline),
-            };
-            let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
-            let started = self
-                .store
-                .start_job(&leader, &pending, call.cache_control.no_cache, &charge)
-                .await?;
-            match started {
-                JobStart::Started { balance } => {
-                    return self.submit(call, parts, leader, job, balance).await;
-                }
-                JobStart::EntryTaken(entry) => {
-                    seen = Some(*entry);
-                    balance = None;
-                }
-            }
-        }
-        Err(ServiceError::Storage(
-            "the cache entry kept changing; try again".into(),
-        ))
-    }
-
-    /// Joins `leader_id`'s job for the hit price. None when that job stopped being pending.
-    async fn join(
-        &self,
-        call: &CallContext,
-        user_id: &str,
-        job: &MediaJob<'_>,
-        leader_id: &str,
-        seen_balance: Option<u64>,
-    ) -> Result<Option<Answer>, ServiceError> {
-        let now = self.clock.now();
-        let mut follower = self.new_job(call, user_id, job, Some(leader_id.to_owned()), now)?;
-        let price = self.pricing.hit(job.price);
-        follower.credits_charged = price;
-        let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen_balance, now);
-        let Some(remaining) = self.store.join_job(&follower, &charge).await? else {
-            return Ok(None);
-        };
-        // Answered as queued: the leader's progress is one poll away, not worth a read here.
-        Ok(Some(Answer::Job(self.ticket(
-            &follower,
-            CacheOutcome::Coalesced,
-            remaining,
-        ))))
-    }
-
-    /// Queues the new job's polling, submits the provider task and records it.
-    async fn submit(
+    /// Submits the provider task of a music or video job and records it.
+    pub(super) async fn submit(
         &self,
         call: &CallContext,
         parts: &JobParts,
         mut leader: Job,
-        job: &MediaJob<'_>,
+        job: &MediaJob,
         balance: u64,
+        outcome: CacheOutcome,
     ) -> Result<Answer, ServiceError> {
-        // Queued before the submit, so that a crash after the charge still ends in a poll that
-        // settles the job (done or timed out, and refunded).
-        let message = JobMessage {
-            job_id: leader.id.clone(),
-            poll: true,
-        };
-        if let Err(e) = parts.queue.send(&message, parts.policy.first_poll).await {
-            let failure = JobFailure::new("queue_unavailable", e.to_string());
-            self.fail_job(leader, failure).await?;
-            return Err(ServiceError::Queue(e.0));
-        }
         let callback = parts
             .callbacks
             .url(&job.provider, &leader.id, call.origin.as_deref());
-        let submitted = match job.generator {
+        let submitted = match &job.generator {
             Generator::Music(req) => parts.music_provider()?.submit_music(req, &callback).await,
             Generator::Video(req) => parts.video_provider()?.submit_video(req, &callback).await,
             Generator::Speech(_) | Generator::Image(_) => Err(ProviderError::BadResponse {
@@ -302,8 +204,7 @@ impl MediaService {
             Ok(task) => task,
             Err(e) => {
                 tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "provider task not submitted");
-                self.fail_job(leader, JobFailure::new(e.code(), e.to_string()))
-                    .await?;
+                self.fail_job(leader, failure_of(&e)).await?;
                 return Err(ServiceError::Provider(e));
             }
         };
@@ -315,11 +216,6 @@ impl MediaService {
             // task so an operator can finish it by hand.
             tracing::error!(job_id = %leader.id, task = ?leader.provider_task, error = %e, "provider task not recorded");
         }
-        let outcome = if call.cache_control.no_cache {
-            CacheOutcome::Bypass
-        } else {
-            CacheOutcome::Miss
-        };
         Ok(Answer::Job(self.ticket(&leader, outcome, balance)))
     }
 
@@ -419,6 +315,9 @@ impl MediaService {
             );
             return self.fail_job(job, failure).await;
         }
+        if !job.media_type.is_async() {
+            return self.generate_for_job(parts, message, job).await;
+        }
         let Some(task) = job.provider_task.clone() else {
             // The request is still submitting (or died doing so): look again later.
             return self.poll_again(parts, message, &job).await;
@@ -440,14 +339,10 @@ impl MediaService {
                 self.complete_job(parts, message, job, provider, &urls)
                     .await
             }
-            Ok(TaskState::Failed(e)) => {
-                self.fail_job(job, JobFailure::new(e.code(), e.to_string()))
-                    .await
-            }
+            Ok(TaskState::Failed(e)) => self.fail_job(job, failure_of(&e)).await,
             Err(e) if matches!(e, ProviderError::Rejected { .. }) => {
                 // The provider does not know the task or refuses to say: it will never finish.
-                self.fail_job(job, JobFailure::new(e.code(), e.to_string()))
-                    .await
+                self.fail_job(job, failure_of(&e)).await
             }
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "provider status unavailable; polling again");
@@ -485,7 +380,7 @@ impl MediaService {
         &self,
         parts: &JobParts,
         message: &JobMessage,
-        mut job: Job,
+        job: Job,
         provider: &dyn TaskProvider,
         urls: &[String],
     ) -> Result<(), ServiceError> {
@@ -499,9 +394,13 @@ impl MediaService {
                     return self.poll_again(parts, message, &job).await;
                 }
                 Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "result download refused or failed");
                     let failure = JobFailure::new(
                         "result_unavailable",
-                        format!("the provider's result could not be downloaded: {e}"),
+                        format!(
+                            "the provider's result could not be downloaded: {}",
+                            e.public_message()
+                        ),
                     );
                     return self.fail_job(job, failure).await;
                 }
@@ -511,9 +410,64 @@ impl MediaService {
             let failure = JobFailure::new("generation_failed", "the task finished without media");
             return self.fail_job(job, failure).await;
         }
+        self.complete_with_media(job, media).await.map(|_| ())
+    }
+
+    /// The worker's generation of a speech or image job whose request did not finish it (its
+    /// deadline passed, it died, or it handed the job over at once).
+    async fn generate_for_job(
+        &self,
+        parts: &JobParts,
+        message: &JobMessage,
+        job: Job,
+    ) -> Result<(), ServiceError> {
+        let Some(generator) = Generator::of_job(&job) else {
+            let failure =
+                JobFailure::new("generation_failed", "the request could not be read back");
+            tracing::error!(job_id = %job.id, "stored parameters unreadable");
+            return self.fail_job(job, failure).await;
+        };
+        let job = Job {
+            attempts: job.attempts + 1,
+            status: JobStatus::Processing,
+            updated_at: self.clock.now().trunc_subsecs(6),
+            ..job
+        };
+        if !self.store.update_job(&job).await? {
+            // Finished meanwhile (the request completed it after all).
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + parts.miss.worker_budget;
+        let generated =
+            tokio::time::timeout_at(deadline, self.generate_now(&generator, deadline)).await;
+        match generated {
+            Ok(Ok(media)) => self.complete_with_media(job, media).await.map(|_| ()),
+            Ok(Err(e)) if !e.is_transient() => self.fail_job(job, failure_of(&e)).await,
+            Ok(Err(e)) => {
+                tracing::warn!(job_id = %job.id, attempts = job.attempts, error = %e, "generation failed; trying again later");
+                self.poll_again(parts, message, &job).await
+            }
+            Err(_) => {
+                tracing::warn!(job_id = %job.id, attempts = job.attempts, "generation ran out of time; trying again later");
+                self.poll_again(parts, message, &job).await
+            }
+        }
+    }
+
+    /// Copies a job's media into our storage, saves the READY entry (unless `no-store`) and
+    /// completes the job, then its followers. The entry replaces what is there unless another
+    /// job's live claim holds it.
+    pub(super) async fn complete_with_media(
+        &self,
+        mut job: Job,
+        media: Vec<GeneratedMedia>,
+    ) -> Result<Completed, ServiceError> {
         job.result_keys = self.store_media(job.media_type, media).await?;
         job.status = JobStatus::Completed;
+        // Stored precision: microseconds for times, whole seconds for the TTL.
         let created_at = self.clock.now().trunc_subsecs(6);
+        job.updated_at = created_at;
+        let expires_at = (created_at + CACHE_TTL).trunc_subsecs(0);
         let ready = job.save_entry.then(|| CacheEntry {
             cache_key: job.cache_key.clone(),
             status: EntryStatus::Ready,
@@ -524,15 +478,36 @@ impl MediaService {
             credits_used: job.credits_charged,
             created_at,
             hit_count: 0,
-            expires_at: (created_at + CACHE_TTL).trunc_subsecs(0),
+            expires_at,
             request_params: job.request_params.clone(),
             job_id: None,
             lease_until: None,
         });
-        if self.store.finish_job(&job, ready.as_ref()).await? {
-            tracing::info!(job_id = %job.id, media_type = %job.media_type, attempts = job.attempts, "job completed");
+        match self.store.finish_job(&job, ready.as_ref()).await {
+            Ok(true) => {
+                tracing::info!(job_id = %job.id, media_type = %job.media_type, attempts = job.attempts, "job completed");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // The media is stored and the caller may deliver it; the job stays open and its
+                // settlement completes it later.
+                tracing::warn!(job_id = %job.id, error = %e, "job completion not recorded yet");
+                return Ok(Completed {
+                    job,
+                    created_at,
+                    cache_expires_at: None,
+                });
+            }
         }
-        self.settle_followers(&job).await
+        if let Err(e) = self.settle_followers(&job).await {
+            // The leader's settlement message settles them when it comes.
+            tracing::warn!(job_id = %job.id, error = %e, "followers not settled yet");
+        }
+        Ok(Completed {
+            cache_expires_at: ready.map(|_| expires_at),
+            job,
+            created_at,
+        })
     }
 
     /// Fails a leader job: deletes its pending entry, refunds its charge, then its followers'.
@@ -556,7 +531,7 @@ impl MediaService {
 
     /// Brings a finished leader's followers (and, if it failed, its own charge) to its end:
     /// completed with its result, or failed and refunded. Safe to repeat.
-    async fn settle_followers(&self, leader: &Job) -> Result<(), ServiceError> {
+    pub(super) async fn settle_followers(&self, leader: &Job) -> Result<(), ServiceError> {
         if leader.status == JobStatus::Failed {
             self.refund_request(
                 &leader.owner,
@@ -591,4 +566,20 @@ impl MediaService {
         }
         Ok(())
     }
+}
+
+/// A completed job, as its leader request answers it.
+pub(super) struct Completed {
+    /// The job with its result.
+    pub job: Job,
+    /// When the media was stored.
+    pub created_at: DateTime<Utc>,
+    /// When the saved entry expires; None when none was saved.
+    pub cache_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A job's failure as its owner sees it: a stable code and a message safe to show (the
+/// provider's words about the request, never transport or infrastructure detail).
+pub(super) fn failure_of(e: &ProviderError) -> JobFailure {
+    JobFailure::new(e.code(), e.public_message())
 }

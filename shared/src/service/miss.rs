@@ -1,0 +1,363 @@
+//! The one miss path, for every media type. A miss claims the `PENDING` entry, charges the full
+//! price and writes its job in one transaction, then sends the job's settlement message before
+//! any provider is called: whatever happens to this request afterwards, the completion worker
+//! finishes the job or refunds it. Speech and images are generated inline by the request that
+//! claimed the entry, within its deadline; music and video submit a provider task. Identical
+//! requests meanwhile join the job in flight for the hit price and wait on it within their wait
+//! budget (single flight: one provider call per distinct request).
+
+use super::{
+    Answer, CacheOutcome, CallContext, Generation, Generator, MediaJob, MediaService, ServiceError,
+};
+use crate::domain::LedgerReason;
+use crate::domain::{CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus};
+use crate::ports::{JobStart, Lookup};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What the client's `Prefer` header asks for (RFC 7240).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prefer {
+    /// `respond-async`: answer with the job at once.
+    pub respond_async: bool,
+    /// `wait=N`: wait at most this long for the result before answering with the job.
+    pub wait: Option<Duration>,
+}
+
+/// How a miss spends its time.
+#[derive(Debug, Clone)]
+pub struct MissPolicy {
+    /// A request's budget when its runtime gives no deadline (`serve`; API Gateway gives up
+    /// after 30 s, so stay under it).
+    pub request_budget: Duration,
+    /// How long after a request's deadline its settlement message is delivered: the worker
+    /// takes over only once the request can no longer be working on the job.
+    pub settle_margin: Duration,
+    /// How long the worker's own generation attempt may take.
+    pub worker_budget: Duration,
+    /// Generations known to be slower than a request's budget go to the worker from the start:
+    /// `type:model` or `type:model:quality` (e.g. `image:gpt-image-1:high`).
+    pub async_models: Vec<String>,
+}
+
+impl Default for MissPolicy {
+    fn default() -> Self {
+        Self {
+            request_budget: Duration::from_secs(25),
+            settle_margin: Duration::from_secs(5),
+            worker_budget: Duration::from_secs(120),
+            // gpt-image-1 at high quality often takes longer than API Gateway waits.
+            async_models: vec!["image:gpt-image-1:high".into()],
+        }
+    }
+}
+
+impl MissPolicy {
+    /// Parses a comma-separated list of slow-model rules.
+    pub fn parse_async_models(list: &str) -> Vec<String> {
+        list.split(',')
+            .map(|r| r.trim().to_ascii_lowercase())
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    /// Whether `generator`'s generation goes to the worker from the start.
+    fn is_slow(&self, generator: &Generator) -> bool {
+        let key = generator.rule_key().to_ascii_lowercase();
+        self.async_models
+            .iter()
+            .any(|rule| key == *rule || key.starts_with(&format!("{rule}:")))
+    }
+}
+
+/// When a request must answer, and until when it may wait for a result.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// The answer must be sent by then.
+    deadline: Instant,
+    /// Waiting for a result (generating inline, or on a joined job) stops then.
+    wait_until: Instant,
+}
+
+impl Budget {
+    fn of(call: &CallContext, policy: &MissPolicy, inline: bool) -> Self {
+        let now = Instant::now();
+        let deadline = call.deadline.unwrap_or(now + policy.request_budget);
+        let wait_until = if call.prefer.respond_async {
+            now
+        } else {
+            match call.prefer.wait {
+                Some(wait) => (now + wait).min(deadline),
+                // Speech and images wait for their result; music and video answer with the job.
+                None if inline => deadline,
+                None => now,
+            }
+        };
+        Self {
+            deadline,
+            wait_until,
+        }
+    }
+}
+
+/// How many times a request tries to start or join before giving up (each failed try means
+/// another request changed the entry in between).
+const START_ATTEMPTS: usize = 4;
+/// First and longest pause between two looks at a joined job.
+const FIRST_LOOK: Duration = Duration::from_millis(20);
+const LONGEST_LOOK: Duration = Duration::from_millis(250);
+
+impl MediaService {
+    /// A miss of any media type: join the identical job in flight, or start one and lead it.
+    pub(super) async fn miss(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        lookup: Lookup,
+        job: MediaJob,
+    ) -> Result<Answer, ServiceError> {
+        let parts = self.job_parts()?;
+        let budget = Budget::of(call, &parts.miss, job.generator.is_inline());
+        let mut seen = lookup.entry;
+        let mut balance = lookup.balance;
+        for _ in 0..START_ATTEMPTS {
+            let now = self.clock.now();
+            if let Some(entry) = &seen {
+                if let Some(leader) = entry.joinable_job(now) {
+                    if let Some((follower, remaining)) =
+                        self.join(call, user_id, &job, leader, balance).await?
+                    {
+                        return self.await_leader(follower, remaining, budget).await;
+                    }
+                } else if entry.is_servable(now) && !call.cache_control.no_cache {
+                    let generation = self
+                        .hit(call, user_id, entry.clone(), &job, balance)
+                        .await?;
+                    return Ok(Answer::Ready(generation));
+                }
+            }
+            let mut leader = self.new_job(call, user_id, &job, None, now)?;
+            leader.credits_charged = job.price;
+            let pending = CacheEntry {
+                cache_key: job.cache_key.clone(),
+                status: EntryStatus::Pending,
+                result_keys: Vec::new(),
+                content_type: job.content_type.to_owned(),
+                provider: job.provider.clone(),
+                model: job.model.clone(),
+                credits_used: job.price,
+                created_at: leader.created_at,
+                hit_count: 0,
+                expires_at: leader.deadline,
+                request_params: job.params.clone(),
+                job_id: Some(leader.id.clone()),
+                lease_until: Some(leader.deadline),
+            };
+            let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
+            let started = self
+                .store
+                .start_job(&leader, &pending, call.cache_control.no_cache, &charge)
+                .await?;
+            match started {
+                JobStart::Started { balance } => {
+                    return self.lead(call, leader, &job, balance, budget).await;
+                }
+                JobStart::EntryTaken(entry) => {
+                    seen = Some(*entry);
+                    balance = None;
+                }
+            }
+        }
+        Err(ServiceError::Storage(
+            "the cache entry kept changing; try again".into(),
+        ))
+    }
+
+    /// Joins `leader_id`'s job for the hit price: the follower job and the balance after the
+    /// charge, or None when that job stopped being pending (nothing charged).
+    async fn join(
+        &self,
+        call: &CallContext,
+        user_id: &str,
+        job: &MediaJob,
+        leader_id: &str,
+        seen_balance: Option<u64>,
+    ) -> Result<Option<(Job, u64)>, ServiceError> {
+        let now = self.clock.now();
+        let mut follower = self.new_job(call, user_id, job, Some(leader_id.to_owned()), now)?;
+        let price = self.pricing.hit(job.price);
+        follower.credits_charged = price;
+        let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen_balance, now);
+        Ok(self
+            .store
+            .join_job(&follower, &charge)
+            .await?
+            .map(|remaining| (follower, remaining)))
+    }
+
+    /// A follower waits on its leader's job within its wait budget: the result (200, COALESCED),
+    /// the leader's failure (refunded), or its own job to poll once the budget is spent.
+    async fn await_leader(
+        &self,
+        follower: Job,
+        remaining: u64,
+        budget: Budget,
+    ) -> Result<Answer, ServiceError> {
+        let ticket = |f: &Job| {
+            Ok(Answer::Job(self.ticket(
+                f,
+                CacheOutcome::Coalesced,
+                remaining,
+            )))
+        };
+        let Some(leader_id) = follower.leader.clone() else {
+            return ticket(&follower);
+        };
+        let mut pause = FIRST_LOOK;
+        loop {
+            if Instant::now() + pause > budget.wait_until {
+                return ticket(&follower);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LONGEST_LOOK);
+            // A store that cannot answer now leaves the follower with its job: it is paid for
+            // and settles with its leader.
+            let leader = match self.store.job(&leader_id).await {
+                Ok(Some(leader)) => leader,
+                Ok(None) => return ticket(&follower),
+                Err(e) => {
+                    tracing::warn!(job_id = %follower.id, error = %e, "leader unreadable; answering with the job");
+                    return ticket(&follower);
+                }
+            };
+            match leader.status {
+                JobStatus::Completed => {
+                    return Ok(Answer::Ready(Generation {
+                        id: follower.request_id.clone(),
+                        media_type: follower.media_type,
+                        cache_key: follower.cache_key.to_string(),
+                        outcome: CacheOutcome::Coalesced,
+                        object_keys: leader.result_keys,
+                        content_type: leader.content_type,
+                        provider: leader.provider,
+                        model: leader.model,
+                        credits_charged: follower.credits_charged,
+                        credits_remaining: remaining,
+                        created_at: leader.updated_at,
+                        cache_expires_at: leader.save_entry.then(|| leader.updated_at + CACHE_TTL),
+                        replayed: false,
+                    }));
+                }
+                JobStatus::Failed => {
+                    // Refunds everyone now rather than when the worker comes by; at most once.
+                    if let Err(e) = self.settle_followers(&leader).await {
+                        tracing::warn!(job_id = %leader.id, error = %e, "followers not settled yet; the worker will");
+                    }
+                    let failure = leader.failure.unwrap_or_else(|| {
+                        JobFailure::new("generation_failed", "the provider could not generate it")
+                    });
+                    return Err(ServiceError::Generation(failure));
+                }
+                JobStatus::Queued | JobStatus::Processing => {}
+            }
+        }
+    }
+
+    /// The leader of a new job: sends its settlement, then generates inline (speech, images),
+    /// hands it to the worker (`Prefer: respond-async`, slow models) or submits the provider
+    /// task (music, video).
+    async fn lead(
+        &self,
+        call: &CallContext,
+        leader: Job,
+        job: &MediaJob,
+        balance: u64,
+        budget: Budget,
+    ) -> Result<Answer, ServiceError> {
+        let parts = self.job_parts()?;
+        let inline = job.generator.is_inline()
+            && budget.wait_until > Instant::now()
+            && !parts.miss.is_slow(&job.generator);
+        // Sent before the provider is called, so a charge always ends settled. An inline
+        // generation is handed over only once this request is past its deadline.
+        let delay = if inline {
+            budget.deadline.saturating_duration_since(Instant::now()) + parts.miss.settle_margin
+        } else if job.generator.is_inline() {
+            Duration::ZERO
+        } else {
+            parts.policy.first_poll
+        };
+        let message = JobMessage {
+            job_id: leader.id.clone(),
+            poll: true,
+        };
+        if let Err(e) = parts.queue.send(&message, delay).await {
+            tracing::error!(request_id = %call.request_id, job_id = %leader.id, error = %e, "settlement not queued; refunding");
+            let failure = JobFailure::new("queue_unavailable", "the job queue is unavailable");
+            self.fail_job(leader, failure).await?;
+            return Err(ServiceError::Queue(e.0));
+        }
+        let outcome = if call.cache_control.no_cache {
+            CacheOutcome::Bypass
+        } else {
+            CacheOutcome::Miss
+        };
+        if !job.generator.is_inline() {
+            return self
+                .submit(call, parts, leader, job, balance, outcome)
+                .await;
+        }
+        if !inline {
+            return Ok(Answer::Job(self.ticket(&leader, outcome, balance)));
+        }
+        let started = std::time::Instant::now();
+        let generated = tokio::time::timeout_at(
+            budget.wait_until,
+            self.generate_now(&job.generator, budget.wait_until),
+        )
+        .await;
+        tracing::info!(
+            request_id = %call.request_id,
+            job_id = %leader.id,
+            media_type = %leader.media_type,
+            provider = %job.provider,
+            provider_latency_ms = started.elapsed().as_millis() as u64,
+            ok = matches!(generated, Ok(Ok(_))),
+            "provider call"
+        );
+        let media = match generated {
+            Ok(Ok(media)) => media,
+            Ok(Err(e)) => {
+                tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "generation failed; refunding");
+                self.fail_job(leader, super::jobs::failure_of(&e)).await?;
+                return Err(ServiceError::Provider(e));
+            }
+            Err(_) => {
+                tracing::info!(request_id = %call.request_id, job_id = %leader.id, "wait budget spent; the worker finishes the job");
+                return Ok(Answer::Job(self.ticket(&leader, outcome, balance)));
+            }
+        };
+        match self.complete_with_media(leader.clone(), media).await {
+            Ok(done) => Ok(Answer::Ready(Generation {
+                id: call.request_id.clone(),
+                media_type: done.job.media_type,
+                cache_key: done.job.cache_key.to_string(),
+                outcome,
+                object_keys: done.job.result_keys,
+                content_type: done.job.content_type,
+                provider: done.job.provider,
+                model: done.job.model,
+                credits_charged: done.job.credits_charged,
+                credits_remaining: balance,
+                created_at: done.created_at,
+                cache_expires_at: done.cache_expires_at,
+                replayed: false,
+            })),
+            Err(e) => {
+                // The media could not be stored: the settlement regenerates it.
+                tracing::warn!(request_id = %call.request_id, job_id = %leader.id, error = %e, "result not stored; the worker finishes the job");
+                Ok(Answer::Job(self.ticket(&leader, outcome, balance)))
+            }
+        }
+    }
+}
