@@ -13,8 +13,9 @@ against moto never sees those errors, so this emulator models them:
 
 - A TransactWriteItems is "in flight" for a hold time (STRICT_HOLD_MS at start, default 15 ms;
   /_strict/config changes it): its items' keys (table, hash and range key, from the table's key
-  schema in moto, PK/SK when the table is unknown) are marked held, the serialisation lock is let
-  go while it waits, then moto runs it under the lock and the keys are released (also on error).
+  schema in moto, PK/SK when the table is unknown) are held for that time while the serialisation
+  lock is let go, then released (also on error), and moto runs the transaction under the lock,
+  conditions checked then. A busy emulator never stretches a hold past its configured time.
 - A TransactWriteItems touching a held key is cancelled at once: HTTP 400,
   TransactionCanceledException, one reason per item in order, {"Code": "TransactionConflict",
   "Message": "Transaction is ongoing for the item"} for the held ones and {"Code": "None"} for the
@@ -43,7 +44,10 @@ Control endpoints (never passed to moto; JSON in and out):
 
     POST   /_strict/faults       {"operation", "key_contains", "error", "times"} adds a rule
     GET    /_strict/faults       the rules still armed
-    DELETE /_strict/faults       removes every rule
+    DELETE /_strict/faults       removes every rule (?key_contains=X: only the rules for X)
+    POST   /_strict/slow         {"key_contains", "hold_ms"}: transactions touching a key that
+                                 contains it are held that long (a deterministic overlap)
+    DELETE /_strict/slow         ?key_contains=X removes that one, without: all
     POST   /_strict/config       {"hold_ms": N} sets the hold time; GET shows it
     GET    /_strict/stats        {"transactions", "transaction_conflicts", "write_conflicts",
                                   "faults_injected"}: TransactWriteItems received, those cancelled
@@ -128,6 +132,19 @@ def transaction_cancelled(start_response, conflicting, count):
         CancellationReasons=reasons,
         Message=message,
     )
+
+
+def query_value(environ, name):
+    """One query parameter of the request, or None."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(environ.get("QUERY_STRING", "")).get(name)
+    return values[0] if values else None
+
+
+def scalar_values(key):
+    """The key's attribute values as one string, for `key_contains`."""
+    return " ".join(str(scalar(v)) for v in (key or {}).values())
 
 
 def read_body(environ):
@@ -220,6 +237,8 @@ class Strict:
         # Fault rules, counters and the hold time (the control endpoints do not wait for moto).
         self.state = threading.Lock()
         self.hold_ms = hold_ms
+        # Keys whose transactions are held longer: {"key_contains", "hold_ms"}.
+        self.slow = []
         self.faults = []
         self.stats = dict.fromkeys(COUNTERS, 0)
 
@@ -262,6 +281,9 @@ class Strict:
             with self.state:
                 self.stats["transactions"] += 1
                 hold = self.hold_ms / 1000
+                for slow in self.slow:
+                    if any(slow["key_contains"] in scalar_values(key) for _, key, _ in items):
+                        hold = max(hold, slow["hold_ms"] / 1000)
         fault = self.take_fault(operation, items)
         if fault is not None:
             return self.fail(start_response, operation, items, *fault)
@@ -292,18 +314,16 @@ class Strict:
         finally:
             self.lock.release()
 
-        # In flight: other requests run meanwhile, and meet the held keys.
+        # In flight for the hold time: other requests run meanwhile, and meet the held keys.
+        # Then it commits under the lock (atomically, conditions checked then); the keys are let
+        # go before waiting for the lock, so a busy emulator does not stretch the hold.
         try:
             time.sleep(hold)
-            with self.lock:
-                try:
-                    return self.call(environ, start_response)
-                finally:
-                    self.release(token)
-        except BaseException:
+        finally:
             with self.lock:
                 self.release(token)
-            raise
+        with self.lock:
+            return self.call(environ, start_response)
 
     def release(self, token):
         for held_key in [k for k, holder in self.held.items() if holder is token]:
@@ -395,8 +415,25 @@ class Strict:
                 if path == "/_strict/faults" and method == "GET":
                     return json_response(start_response, 200, {"faults": self.faults})
                 if path == "/_strict/faults" and method == "DELETE":
-                    self.faults.clear()
-                    return json_response(start_response, 200, {"faults": []})
+                    needle = query_value(environ, "key_contains")
+                    if needle is None:
+                        self.faults.clear()
+                    else:
+                        self.faults = [f for f in self.faults if f["key_contains"] != needle]
+                    return json_response(start_response, 200, {"faults": self.faults})
+                if path == "/_strict/slow" and method == "POST":
+                    needle = document.get("key_contains")
+                    hold = document.get("hold_ms")
+                    if not isinstance(needle, str) or not needle:
+                        raise ValueError("key_contains must be a non-empty string")
+                    if isinstance(hold, bool) or not isinstance(hold, (int, float)) or hold < 0:
+                        raise ValueError("hold_ms must be a number >= 0")
+                    self.slow.append({"key_contains": needle, "hold_ms": hold})
+                    return json_response(start_response, 200, {"slow": self.slow})
+                if path == "/_strict/slow" and method == "DELETE":
+                    needle = query_value(environ, "key_contains")
+                    self.slow = [x for x in self.slow if needle is not None and x["key_contains"] != needle]
+                    return json_response(start_response, 200, {"slow": self.slow})
                 if path == "/_strict/config" and method == "POST":
                     hold = document.get("hold_ms")
                     if isinstance(hold, bool) or not isinstance(hold, (int, float)) or hold < 0:

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-if ! "$VENV/bin/python" -c "import moto, cfnlint, flask" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import moto, cfnlint, flask, openai" 2>/dev/null; then
     echo "== installing the AWS emulator and cfn-lint into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt

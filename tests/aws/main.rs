@@ -3,6 +3,7 @@
 //! client reads it, the round trips of a warm hit, and music and video jobs through SQS.
 
 mod events;
+mod faults;
 mod jobs;
 mod support;
 mod table;

@@ -22,6 +22,14 @@ pub fn env(name: &str) -> String {
     })
 }
 
+/// Warnings and errors of the code under test in the test's output (shown when it fails).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
+}
+
 /// The SDK configuration pointing at the emulator.
 pub async fn sdk() -> aws_config::SdkConfig {
     env("AWS_ENDPOINT_URL");
@@ -70,15 +78,129 @@ pub async fn serve_function(sim: &SimHandle, function: Function) -> String {
     serve_app(&jobs_config(sim, &queue), function).await
 }
 
+/// What Lambda imposes on one invocation, played around a function's application: the
+/// invocation's deadline (in the context `lambda_http` hands the app), the runtime stopping the
+/// handler at the timeout, and the response payload limit.
+#[derive(Debug, Clone, Copy)]
+pub struct FunctionLimits {
+    /// The function's timeout: the invocation's deadline is this far from its start.
+    pub timeout: Duration,
+    /// When the handler's future is dropped: the timeout, unless a test plays a crash earlier.
+    pub stopped_after: Duration,
+}
+
+impl Default for FunctionLimits {
+    fn default() -> Self {
+        // template.yaml's Globals.Function.Timeout.
+        Self {
+            timeout: Duration::from_secs(29),
+            stopped_after: Duration::from_secs(29),
+        }
+    }
+}
+
+/// Lambda refuses a response payload over 6 MB (binary bodies count base64-encoded).
+pub const LAMBDA_RESPONSE_LIMIT: usize = 6 * 1024 * 1024;
+
 /// A function's application with `config` served on a loopback port: its base URL.
 pub async fn serve_app(config: &LambdaConfig, function: Function) -> String {
+    serve_app_limited(config, function, FunctionLimits::default()).await
+}
+
+/// A function's application served under Lambda's `limits`: its base URL. A stopped handler
+/// answers 502 with `x-lambda: timed-out`; a response over the payload limit is replaced by a 502
+/// with `x-lambda: response-too-large`, as Lambda does.
+pub async fn serve_app_limited(
+    config: &LambdaConfig,
+    function: Function,
+    limits: FunctionLimits,
+) -> String {
     let app = media_cache::lambda::app(config, &sdk().await, function)
         .await
-        .unwrap();
+        .unwrap()
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                invoke(limits, request, next)
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     base
+}
+
+/// One invocation under `limits`.
+async fn invoke(
+    limits: FunctionLimits,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut context = lambda_http::Context::default();
+    context.deadline = now_ms + limits.timeout.as_millis() as u64;
+    request.extensions_mut().insert(context);
+    let Ok(response) = tokio::time::timeout(limits.stopped_after, next.run(request)).await else {
+        let headers = [("x-lambda", "timed-out")];
+        return (
+            axum::http::StatusCode::BAD_GATEWAY,
+            headers,
+            "Task timed out",
+        )
+            .into_response();
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let textual = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/") || t.starts_with("application/json"));
+    let body_size = if textual {
+        bytes.len()
+    } else {
+        bytes.len().div_ceil(3) * 4
+    };
+    let header_size: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 6)
+        .sum();
+    // The event's envelope (status, flags) takes a few hundred bytes more.
+    if body_size + header_size + 512 > LAMBDA_RESPONSE_LIMIT {
+        let headers = [("x-lambda", "response-too-large")];
+        return (
+            axum::http::StatusCode::BAD_GATEWAY,
+            headers,
+            "Response payload size exceeded",
+        )
+            .into_response();
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The strict emulator's counters (`transactions`, `transaction_conflicts`, `write_conflicts`).
+pub async fn strict_stats() -> serde_json::Value {
+    let url = format!("{}/_strict/stats", env("AWS_ENDPOINT_URL"));
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// A control call to the strict emulator (`scripts/moto_server.py`).
+pub async fn strict(method: reqwest::Method, path: &str, body: Option<serde_json::Value>) {
+    let url = format!("{}{path}", env("AWS_ENDPOINT_URL"));
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
 }
 
 /// Records every DynamoDB operation a client sends: its name, when it started and ended.

@@ -767,7 +767,11 @@ mod tests {
     fn refusals_are_final_and_name_no_url_or_address() {
         let e: ProviderError = Refusal::Address.into();
         assert!(!e.is_transient());
-        assert_eq!(e.public_message(), e.to_string(), "shown to clients as it is");
+        assert_eq!(
+            e.public_message(),
+            e.to_string(),
+            "shown to clients as it is"
+        );
         assert_eq!(
             e.to_string(),
             "the provider's result URL was refused: it leads to a private or reserved address"

@@ -161,7 +161,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, retry_after) = self.error.classify();
         if status.is_server_error() {
-            tracing::warn!(request_id = %self.request_id, error = %self.error, "request failed");
+            tracing::warn!(request_id = %self.request_id, error = ?self.error, "request failed");
         }
         let mut body = json!({
             "error": {

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::domain::LedgerReason;
 use crate::domain::{CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus};
-use crate::ports::{JobStart, Lookup};
+use crate::ports::{JobStart, Lookup, ProviderError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -327,14 +327,15 @@ impl MediaService {
         );
         let media = match generated {
             Ok(Ok(media)) => media,
+            // Out of time (the provider attempt was cut at the deadline): the worker finishes.
+            Ok(Err(ProviderError::Timeout)) | Err(_) => {
+                tracing::info!(request_id = %call.request_id, job_id = %leader.id, "wait budget spent; the worker finishes the job");
+                return Ok(Answer::Job(self.ticket(&leader, outcome, balance)));
+            }
             Ok(Err(e)) => {
                 tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "generation failed; refunding");
                 self.fail_job(leader, super::jobs::failure_of(&e)).await?;
                 return Err(ServiceError::Provider(e));
-            }
-            Err(_) => {
-                tracing::info!(request_id = %call.request_id, job_id = %leader.id, "wait budget spent; the worker finishes the job");
-                return Ok(Answer::Job(self.ticket(&leader, outcome, balance)));
             }
         };
         match self.complete_with_media(leader.clone(), media).await {

@@ -1,0 +1,48 @@
+use super::schema::read_entry;
+use super::{SqliteStore, db_err};
+use crate::domain::CacheKey;
+use crate::ports::{Lookup, LookupStore, StoreError};
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+
+#[async_trait]
+impl LookupStore for SqliteStore {
+    async fn lookup(
+        &self,
+        api_key_digest: &str,
+        cache_key: Option<&CacheKey>,
+    ) -> Result<Lookup, StoreError> {
+        let digest = api_key_digest.to_owned();
+        let pk = cache_key.map(ToString::to_string);
+        self.run(move |conn| {
+            let user_id: Option<String> = conn
+                .prepare_cached("SELECT user_id FROM api_keys WHERE digest = ?1")
+                .and_then(|mut stmt| stmt.query_row([&digest], |r| r.get(0)))
+                .optional()
+                .map_err(db_err)?;
+            let balance = match &user_id {
+                Some(user) => conn
+                    .prepare_cached("SELECT credits_remaining FROM users WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.query_row([user], |r| r.get::<_, i64>(0)))
+                    .optional()
+                    .map_err(db_err)?
+                    .map(|b| b as u64),
+                None => None,
+            };
+            let entry = match pk {
+                Some(pk) => read_entry(conn, &pk).unwrap_or_else(|e| {
+                    // An unreadable entry is a miss: the cache never fails a request by itself.
+                    tracing::warn!(cache_key = %pk, error = %e, "unreadable cache entry");
+                    None
+                }),
+                None => None,
+            };
+            Ok(Lookup {
+                user_id,
+                entry,
+                balance,
+            })
+        })
+        .await
+    }
+}
