@@ -111,6 +111,10 @@ struct ServeArgs {
     /// How long the simulator's music and video tasks take, in milliseconds.
     #[arg(long, env = "MEDIACTL_SIM_TASK_MS", default_value_t = 3000)]
     sim_task_ms: u64,
+    /// How long the simulator takes to answer speech and image requests, in milliseconds (to
+    /// see a request answer 202 at its budget).
+    #[arg(long, env = "MEDIACTL_SIM_LATENCY_MS", default_value_t = 0)]
+    sim_latency_ms: u64,
     /// How long a request may take, in milliseconds, before it answers 202 with its job (the
     /// worker finishes it).
     #[arg(long, env = "MEDIACTL_REQUEST_BUDGET_MS", default_value_t = 25_000)]
@@ -295,6 +299,7 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
             _ => None,
         },
         sim_task_duration: Duration::from_millis(args.sim_task_ms),
+        sim_latency: Duration::from_millis(args.sim_latency_ms),
         miss_policy: media_cache::service::MissPolicy {
             request_budget: Duration::from_millis(args.request_budget_ms),
             async_models: media_cache::service::MissPolicy::parse_async_models(&args.async_models),

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub kling: Option<(String, KlingAuth)>,
     /// How long the simulator's music and video tasks take.
     pub sim_task_duration: Duration,
+    /// How long the simulator takes to answer a speech or image request.
+    pub sim_latency: Duration,
     /// How jobs are polled and when they time out.
     pub job_policy: JobPolicy,
     /// How often the job worker looks for due messages when the queue is idle.
@@ -82,6 +84,7 @@ impl Default for ServeConfig {
             suno: None,
             kling: None,
             sim_task_duration: Duration::from_secs(3),
+            sim_latency: Duration::ZERO,
             job_policy: JobPolicy {
                 first_poll: Duration::from_secs(2),
                 ..JobPolicy::default()
@@ -177,6 +180,8 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
     let sim = if needs_sim {
         let sim_config = SimConfig {
             task_duration: config.sim_task_duration,
+            speech_latency: config.sim_latency,
+            image_latency: config.sim_latency,
             callbacks: true,
             ..SimConfig::default()
         };

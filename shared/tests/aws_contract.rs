@@ -21,13 +21,32 @@ mod dynamodb {
     async fn store() -> StoreHarness {
         env("AWS_ENDPOINT_URL");
         let sdk = media_cache::lambda::sdk_config().await;
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
         let store = DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
+            client.clone(),
             env("MEDIA_TEST_TABLE"),
             "s3://contract-bucket/",
         );
         StoreHarness {
             store: Arc::new(store),
+            // A READY item without its result keys and with a created_at that is no time.
+            corrupt: Box::new(move |key| {
+                let client = client.clone();
+                Box::pin(async move {
+                    use aws_sdk_dynamodb::types::AttributeValue::{N, S};
+                    client
+                        .put_item()
+                        .table_name(env("MEDIA_TEST_TABLE"))
+                        .item("PK", S(key.to_string()))
+                        .item("SK", S("RESULT".into()))
+                        .item("status", S("READY".into()))
+                        .item("created_at", S("yesterday".into()))
+                        .item("ttl", N("4102444800".into()))
+                        .send()
+                        .await
+                        .unwrap();
+                })
+            }),
             _guard: Box::new(()),
         }
     }

@@ -11,9 +11,25 @@ mod sqlite {
     async fn store() -> StoreHarness {
         // A file, not memory: the same WAL and locking path `mediactl serve` uses.
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("contract.db")).unwrap();
+        let path = dir.path().join("contract.db");
+        let store = SqliteStore::open(&path).unwrap();
         StoreHarness {
             store: Arc::new(store),
+            // A READY row whose result keys are not JSON, written by another connection.
+            corrupt: Box::new(move |key| {
+                let path = path.clone();
+                Box::pin(async move {
+                    let conn = rusqlite::Connection::open(&path).unwrap();
+                    conn.execute(
+                        "INSERT OR REPLACE INTO cache_entries (pk, status, result_keys, content_type,
+                            provider, model, credits_used, created_at, ttl, request_params)
+                         VALUES (?1, 'READY', 'not json', 'video/mp4', 'kling', 'm', 50,
+                            '2026-11-25T12:00:00Z', 4102444800, '{}')",
+                        [key.to_string()],
+                    )
+                    .unwrap();
+                })
+            }),
             _guard: Box::new(dir),
         }
     }

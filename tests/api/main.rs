@@ -6,3 +6,4 @@ mod compat;
 mod credits;
 mod errors;
 mod jobs;
+mod misses;

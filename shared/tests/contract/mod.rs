@@ -34,6 +34,11 @@ macro_rules! store_contract {
             a_finished_job_never_changes_again,
             a_failed_job_deletes_only_its_own_pending_entry,
         );
+        $crate::store_contract!(@harness_cases $factory;
+            an_unreadable_entry_is_a_miss_that_a_start_overwrites,
+            a_no_cache_start_leaves_the_ready_entry_until_its_result_replaces_it,
+            a_result_never_replaces_another_jobs_live_claim,
+        );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
         $(
@@ -41,6 +46,15 @@ macro_rules! store_contract {
             async fn $case() {
                 let harness = $factory.await;
                 $crate::contract::store::$case(harness.store).await;
+            }
+        )+
+    };
+    (@harness_cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::store::$case(harness).await;
             }
         )+
     };

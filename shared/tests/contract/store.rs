@@ -10,10 +10,20 @@ use media_cache::service::accounts::{create_user, generate_request_id};
 use serde_json::json;
 use std::sync::Arc;
 
+/// Writes an entry item under a key that the adapter cannot read back (a field missing or of
+/// the wrong kind), behind the adapter's back.
+pub type Corrupt = Box<
+    dyn Fn(CacheKey) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A store and whatever keeps it alive (a temporary directory, a table).
 pub struct StoreHarness {
     /// The adapter under test.
     pub store: Arc<dyn Store>,
+    /// Breaks an entry in the adapter's own storage.
+    pub corrupt: Corrupt,
     /// Dropped after the test.
     pub _guard: Box<dyn std::any::Any + Send>,
 }
@@ -681,4 +691,101 @@ pub async fn a_failed_job_deletes_only_its_own_pending_entry(store: Arc<dyn Stor
     assert!(store.finish_job(&stale_failed, None).await.unwrap());
     let entry = entry_of(store.as_ref(), &k).await.unwrap();
     assert_eq!(entry.job_id.as_deref(), Some(fresh.id.as_str()));
+}
+
+pub async fn an_unreadable_entry_is_a_miss_that_a_start_overwrites(harness: StoreHarness) {
+    let store = harness.store.as_ref();
+    let user = create_user(store, 100, t0()).await.unwrap();
+    let k = video_key();
+    (harness.corrupt)(k.clone()).await;
+    assert_eq!(entry_of(store, &k).await, None, "unreadable reads as missing");
+    let leader = job(&user.user_id, &k, None, 50);
+    assert_eq!(
+        start(store, &leader, false).await,
+        JobStart::Started { balance: 50 }
+    );
+    let entry = entry_of(store, &k).await.expect("overwritten");
+    assert_eq!(entry.joinable_job(t0()), Some(leader.id.as_str()));
+}
+
+pub async fn a_no_cache_start_leaves_the_ready_entry_until_its_result_replaces_it(
+    harness: StoreHarness,
+) {
+    let store = harness.store.as_ref();
+    let user = create_user(store, 500, t0()).await.unwrap();
+    let k = video_key();
+    let first = job(&user.user_id, &k, None, 50);
+    let ready = CacheEntry {
+        result_keys: vec!["video/first.mp4".into()],
+        status: EntryStatus::Ready,
+        expires_at: t0() + Duration::days(7),
+        job_id: None,
+        lease_until: None,
+        ..pending(&first)
+    };
+    store.put_entry(&ready).await.unwrap();
+
+    // A bypass that fails (or saves nothing) leaves the entry everyone is served from.
+    let failing = job(&user.user_id, &k, None, 50);
+    assert!(matches!(
+        start(store, &failing, true).await,
+        JobStart::Started { .. }
+    ));
+    assert_eq!(entry_of(store, &k).await, Some(ready.clone()), "still served");
+    let failed = Job {
+        status: JobStatus::Failed,
+        ..failing
+    };
+    assert!(store.finish_job(&failed, None).await.unwrap());
+    assert_eq!(entry_of(store, &k).await, Some(ready.clone()), "not deleted");
+
+    // One that succeeds replaces it with its own result.
+    let fresh = job(&user.user_id, &k, None, 50);
+    start(store, &fresh, true).await;
+    let done = Job {
+        status: JobStatus::Completed,
+        result_keys: vec!["video/fresh.mp4".into()],
+        ..fresh.clone()
+    };
+    let replacement = CacheEntry {
+        result_keys: done.result_keys.clone(),
+        ..ready.clone()
+    };
+    assert!(store.finish_job(&done, Some(&replacement)).await.unwrap());
+    assert_eq!(entry_of(store, &k).await, Some(replacement));
+    assert_eq!(balance(store, &user.user_id).await, 400, "both charged");
+}
+
+pub async fn a_result_never_replaces_another_jobs_live_claim(harness: StoreHarness) {
+    let store = harness.store.as_ref();
+    let user = create_user(store, 500, t0()).await.unwrap();
+    let k = video_key();
+    // A job whose claim ran out, and the job that took the entry over.
+    let stale = Job {
+        deadline: t0() - Duration::seconds(1),
+        ..job(&user.user_id, &k, None, 50)
+    };
+    start(store, &stale, false).await;
+    let current = job(&user.user_id, &k, None, 50);
+    start(store, &current, false).await;
+    let late = Job {
+        status: JobStatus::Completed,
+        result_keys: vec!["video/late.mp4".into()],
+        ..stale.clone()
+    };
+    let ready = CacheEntry {
+        result_keys: late.result_keys.clone(),
+        status: EntryStatus::Ready,
+        expires_at: t0() + Duration::days(7),
+        job_id: None,
+        lease_until: None,
+        ..pending(&stale)
+    };
+    assert!(store.finish_job(&late, Some(&ready)).await.unwrap(), "the job finishes");
+    let entry = entry_of(store, &k).await.unwrap();
+    assert_eq!(
+        entry.joinable_job(t0()),
+        Some(current.id.as_str()),
+        "the live claim stays"
+    );
 }
