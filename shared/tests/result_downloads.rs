@@ -164,8 +164,9 @@ fn kling(policy: DownloadPolicy) -> KlingClient {
 /// The error's message, asserting it is the final kind a refusal must be.
 fn refusal(result: Result<impl std::fmt::Debug, ProviderError>) -> String {
     match result {
-        Err(e @ ProviderError::BadResponse { .. }) => {
+        Err(e @ ProviderError::Refused { .. }) => {
             assert!(!e.is_transient(), "{e:?}");
+            assert_eq!(e.code(), "provider_result_refused");
             e.to_string()
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -217,7 +218,7 @@ async fn plain_http_to_a_host_not_listed_is_refused_before_any_connection() {
     let message = refusal(client.download(&server.url("/song.mp3")).await);
     assert_eq!(
         message,
-        "provider sent an invalid response: the provider's result URL was refused: not https"
+        "the provider's result URL was refused: not https"
     );
     assert!(!message.contains("127.0.0.1"));
     assert_eq!(server.connections(), 0);

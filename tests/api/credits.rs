@@ -98,7 +98,7 @@ async fn rate_limits_are_retried_and_outlasting_ones_answer_503_with_retry_after
 }
 
 #[tokio::test]
-async fn provider_timeouts_are_504_and_refunded() {
+async fn provider_timeouts_hand_the_job_to_the_worker_which_completes_it_charged_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         provider_timeout: std::time::Duration::from_millis(300),
@@ -106,15 +106,21 @@ async fn provider_timeouts_are_504_and_refunded() {
     };
     let app = TestApp::start_with(dir, config).await;
     let user = app.user(100).await;
+    // Every attempt of the request times out (the client tries three times).
     app.inject(fault(
         Endpoint::Speech,
         FaultKind::Timeout { delay_ms: 1_500 },
         3,
     ));
     let answer = app.post(TTS, &user, &json!({"text": "slow"})).await;
-    assert_eq!(answer.status, 504, "{:?}", answer.json);
-    assert_eq!(answer.json["error"]["code"], "provider_timeout");
-    assert_eq!(app.balance(&user).await, 100);
+    assert_eq!(answer.status, 202, "{:?}", answer.json);
+    assert_eq!(answer.header("x-cache"), "MISS");
+    let job = app
+        .wait_job(&user, answer.json["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(job.json["status"], "completed", "{:?}", job.json);
+    assert_eq!(app.balance(&user).await, 98, "charged once");
+    assert_eq!(app.ledger_sum(&user).await, 98);
 }
 
 #[tokio::test]

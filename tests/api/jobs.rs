@@ -146,10 +146,7 @@ async fn after_completion_the_same_request_is_a_hit_and_a_redelivery_changes_not
     app.server
         .store
         .send(
-            &JobMessage {
-                job_id: job_id.clone(),
-                poll: true,
-            },
+            &JobMessage::settle(&job_id),
             Duration::ZERO,
         )
         .await

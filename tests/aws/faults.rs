@@ -575,10 +575,7 @@ async fn a_refund_that_fails_once_is_settled_exactly_once() {
         media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
             .await
             .unwrap();
-    let message = media_cache::domain::JobMessage {
-        job_id: job_id.clone(),
-        poll: true,
-    };
+    let message = media_cache::domain::JobMessage::settle(&job_id);
     // Until the task has failed, a settlement only polls.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

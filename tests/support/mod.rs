@@ -67,6 +67,12 @@ pub fn test_config(dir: &TempDir) -> ServeConfig {
             timeout: Duration::from_secs(1800),
         },
         worker_idle: Duration::from_millis(20),
+        // Requests that run out of time hand over to the worker within seconds.
+        miss_policy: media_cache::service::MissPolicy {
+            request_budget: Duration::from_secs(5),
+            settle_margin: Duration::from_millis(500),
+            ..Default::default()
+        },
         ..ServeConfig::default()
     }
 }

@@ -151,6 +151,28 @@ pub struct JobMessage {
     /// one-off nudge from a provider callback, which must not start a second chain.
     #[serde(default = "yes")]
     pub poll: bool,
+    /// When a settlement was sent: it goes out before its job's transaction, so a young one that
+    /// finds no job may be early (wall-clock time, as the queue's delays are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl JobMessage {
+    /// The settlement of job `job_id`, sent now: the polling chain that finishes or refunds it.
+    pub fn settle(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            poll: true,
+            sent_at: Some(Utc::now()),
+        }
+    }
+
+    /// Whether a message that found no job may still be early (its job's transaction not yet
+    /// committed) rather than orphaned (the transaction never committed).
+    pub fn may_be_early(&self, now: DateTime<Utc>) -> bool {
+        self.sent_at
+            .is_some_and(|sent| now - sent < Duration::minutes(5))
+    }
 }
 
 fn yes() -> bool {

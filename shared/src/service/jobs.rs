@@ -280,6 +280,7 @@ impl MediaService {
         let nudge = JobMessage {
             job_id: job.id,
             poll: false,
+            sent_at: None,
         };
         parts
             .queue
@@ -294,7 +295,16 @@ impl MediaService {
     pub async fn process_job(&self, message: &JobMessage) -> Result<(), ServiceError> {
         let parts = self.job_parts()?;
         let Some(job) = self.store.job(&message.job_id).await? else {
-            tracing::warn!(job_id = %message.job_id, "message for an unknown job dropped");
+            if message.may_be_early(chrono::Utc::now()) {
+                // Sent before its job's transaction: look again when the queue delivers it next.
+                return Err(ServiceError::Storage(format!(
+                    "job {} is not written yet",
+                    message.job_id
+                )));
+            }
+            // Its transaction never committed (the request joined, was refused, or failed): no
+            // charge to settle.
+            tracing::info!(job_id = %message.job_id, "settlement of a job never started dropped");
             return Ok(());
         };
         if job.leader.is_some() {

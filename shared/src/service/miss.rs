@@ -1,7 +1,8 @@
-//! The one miss path, for every media type. A miss claims the `PENDING` entry, charges the full
-//! price and writes its job in one transaction, then sends the job's settlement message before
-//! any provider is called: whatever happens to this request afterwards, the completion worker
-//! finishes the job or refunds it. Speech and images are generated inline by the request that
+//! The one miss path, for every media type. A miss sends its job's settlement message, then
+//! claims the `PENDING` entry, charges the full price and writes the job in one transaction, and
+//! only then calls a provider: wherever this request stops after the charge, the completion
+//! worker finishes the job or refunds it. (Sent first, the message cannot be lost between the
+//! charge and the send; one whose transaction never committed finds no job and is dropped.) Speech and images are generated inline by the request that
 //! claimed the entry, within its deadline; music and video submit a provider task. Identical
 //! requests meanwhile join the job in flight for the hit price and wait on it within their wait
 //! budget (single flight: one provider call per distinct request).
@@ -106,6 +107,9 @@ const START_ATTEMPTS: usize = 4;
 /// First and longest pause between two looks at a joined job.
 const FIRST_LOOK: Duration = Duration::from_millis(20);
 const LONGEST_LOOK: Duration = Duration::from_millis(250);
+/// The shortest settlement delay: its job's transaction commits first (SQS counts delays in
+/// whole seconds).
+const SOON: Duration = Duration::from_secs(1);
 
 impl MediaService {
     /// A miss of any media type: join the identical job in flight, or start one and lead it.
@@ -118,6 +122,9 @@ impl MediaService {
     ) -> Result<Answer, ServiceError> {
         let parts = self.job_parts()?;
         let budget = Budget::of(call, &parts.miss, job.generator.is_inline());
+        let inline = job.generator.is_inline()
+            && budget.wait_until > Instant::now()
+            && !parts.miss.is_slow(&job.generator);
         let mut seen = lookup.entry;
         let mut balance = lookup.balance;
         for _ in 0..START_ATTEMPTS {
@@ -153,6 +160,8 @@ impl MediaService {
                 job_id: Some(leader.id.clone()),
                 lease_until: Some(leader.deadline),
             };
+            self.send_settlement(call, &leader, &job, inline, budget)
+                .await?;
             let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
             let started = self
                 .store
@@ -160,7 +169,7 @@ impl MediaService {
                 .await?;
             match started {
                 JobStart::Started { balance } => {
-                    return self.lead(call, leader, &job, balance, budget).await;
+                    return self.lead(call, leader, &job, balance, inline, budget).await;
                 }
                 JobStart::EntryTaken(entry) => {
                     seen = Some(*entry);
@@ -263,40 +272,46 @@ impl MediaService {
         }
     }
 
-    /// The leader of a new job: sends its settlement, then generates inline (speech, images),
-    /// hands it to the worker (`Prefer: respond-async`, slow models) or submits the provider
-    /// task (music, video).
+    /// Queues the settlement of a job about to be started. An inline generation is handed over
+    /// only once this request is past its deadline; a job for the worker starts a second later
+    /// (after its transaction has committed); a provider task is polled from the first poll on.
+    async fn send_settlement(
+        &self,
+        call: &CallContext,
+        leader: &Job,
+        job: &MediaJob,
+        inline: bool,
+        budget: Budget,
+    ) -> Result<(), ServiceError> {
+        let parts = self.job_parts()?;
+        let delay = if inline {
+            budget.deadline.saturating_duration_since(Instant::now()) + parts.miss.settle_margin
+        } else if job.generator.is_inline() {
+            SOON
+        } else {
+            parts.policy.first_poll.max(SOON)
+        };
+        let message = JobMessage::settle(&leader.id);
+        parts.queue.send(&message, delay).await.map_err(|e| {
+            // Nothing is charged yet: the request fails whole.
+            tracing::error!(request_id = %call.request_id, job_id = %leader.id, error = %e, "settlement not queued");
+            ServiceError::Queue(e.0)
+        })
+    }
+
+    /// The leader of a new job, charged and settled: generates inline (speech, images), hands it
+    /// to the worker (`Prefer: respond-async`, slow models) or submits the provider task (music,
+    /// video).
     async fn lead(
         &self,
         call: &CallContext,
         leader: Job,
         job: &MediaJob,
         balance: u64,
+        inline: bool,
         budget: Budget,
     ) -> Result<Answer, ServiceError> {
         let parts = self.job_parts()?;
-        let inline = job.generator.is_inline()
-            && budget.wait_until > Instant::now()
-            && !parts.miss.is_slow(&job.generator);
-        // Sent before the provider is called, so a charge always ends settled. An inline
-        // generation is handed over only once this request is past its deadline.
-        let delay = if inline {
-            budget.deadline.saturating_duration_since(Instant::now()) + parts.miss.settle_margin
-        } else if job.generator.is_inline() {
-            Duration::ZERO
-        } else {
-            parts.policy.first_poll
-        };
-        let message = JobMessage {
-            job_id: leader.id.clone(),
-            poll: true,
-        };
-        if let Err(e) = parts.queue.send(&message, delay).await {
-            tracing::error!(request_id = %call.request_id, job_id = %leader.id, error = %e, "settlement not queued; refunding");
-            let failure = JobFailure::new("queue_unavailable", "the job queue is unavailable");
-            self.fail_job(leader, failure).await?;
-            return Err(ServiceError::Queue(e.0));
-        }
         let outcome = if call.cache_control.no_cache {
             CacheOutcome::Bypass
         } else {

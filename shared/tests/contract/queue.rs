@@ -28,6 +28,7 @@ fn message(poll: bool) -> JobMessage {
             media_cache::service::accounts::generate_request_id()
         ),
         poll,
+        sent_at: poll.then(chrono::Utc::now),
     }
 }
 
