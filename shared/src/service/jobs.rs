@@ -420,7 +420,7 @@ impl MediaService {
             let failure = JobFailure::new("generation_failed", "the task finished without media");
             return self.fail_job(job, failure).await;
         }
-        self.complete_with_media(job, media).await.map(|_| ())
+        self.settled(self.complete_with_media(job, media).await)
     }
 
     /// The worker's generation of a speech or image job whose request did not finish it (its
@@ -451,7 +451,7 @@ impl MediaService {
         let generated =
             tokio::time::timeout_at(deadline, self.generate_now(&generator, deadline)).await;
         match generated {
-            Ok(Ok(media)) => self.complete_with_media(job, media).await.map(|_| ()),
+            Ok(Ok(media)) => self.settled(self.complete_with_media(job, media).await),
             Ok(Err(e)) if !e.is_transient() => self.fail_job(job, failure_of(&e)).await,
             Ok(Err(e)) => {
                 tracing::warn!(job_id = %job.id, attempts = job.attempts, error = %e, "generation failed; trying again later");
@@ -461,6 +461,15 @@ impl MediaService {
                 tracing::warn!(job_id = %job.id, attempts = job.attempts, "generation ran out of time; trying again later");
                 self.poll_again(parts, message, &job).await
             }
+        }
+    }
+
+    /// A completion step's outcome for its queue message: a job another delivery already
+    /// failed (and refunded) is settled, not an error to redeliver.
+    fn settled(&self, outcome: Result<Completed, ServiceError>) -> Result<(), ServiceError> {
+        match outcome {
+            Ok(_) | Err(ServiceError::Generation(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -493,28 +502,34 @@ impl MediaService {
             job_id: None,
             lease_until: None,
         });
-        match self.store.finish_job(&job, ready.as_ref()).await {
-            Ok(true) => {
-                tracing::info!(job_id = %job.id, media_type = %job.media_type, attempts = job.attempts, "job completed");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                // The media is stored and the caller may deliver it; the job stays open and its
-                // settlement completes it later.
-                tracing::warn!(job_id = %job.id, error = %e, "job completion not recorded yet");
-                return Ok(Completed {
-                    job,
-                    created_at,
-                    cache_expires_at: None,
+        let mut cache_expires_at = ready.as_ref().map(|_| expires_at);
+        // Not recorded, the result is not delivered either: the job stays open and its
+        // settlement finishes it (completed, or failed and refunded), so a charge never ends in
+        // both a result and a refund.
+        if self.store.finish_job(&job, ready.as_ref()).await? {
+            tracing::info!(job_id = %job.id, media_type = %job.media_type, attempts = job.attempts, "job completed");
+        } else {
+            // Finished meanwhile by another delivery: what is stored is the outcome.
+            let stored = self
+                .store
+                .job(&job.id)
+                .await?
+                .ok_or_else(|| ServiceError::Storage(format!("job {} vanished", job.id)))?;
+            if stored.status != JobStatus::Completed {
+                let failure = stored.failure.clone().unwrap_or_else(|| {
+                    JobFailure::new("generation_failed", "the provider could not generate it")
                 });
+                return Err(ServiceError::Generation(failure));
             }
+            job = stored;
+            cache_expires_at = None;
         }
         if let Err(e) = self.settle_followers(&job).await {
             // The leader's settlement message settles them when it comes.
             tracing::warn!(job_id = %job.id, error = %e, "followers not settled yet");
         }
         Ok(Completed {
-            cache_expires_at: ready.map(|_| expires_at),
+            cache_expires_at,
             job,
             created_at,
         })

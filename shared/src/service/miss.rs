@@ -349,8 +349,15 @@ impl MediaService {
             }
             Ok(Err(e)) => {
                 tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "generation failed; refunding");
-                self.fail_job(leader, super::jobs::failure_of(&e)).await?;
-                return Err(ServiceError::Provider(e));
+                let ticket = self.ticket(&leader, outcome, balance);
+                return match self.fail_job(leader, super::jobs::failure_of(&e)).await {
+                    Ok(()) => Err(ServiceError::Provider(e)),
+                    Err(store) => {
+                        // Not settled yet: the client gets the job, which its settlement ends.
+                        tracing::warn!(request_id = %call.request_id, error = %store, "failure not recorded; answering with the job");
+                        Ok(Answer::Job(ticket))
+                    }
+                };
             }
         };
         match self.complete_with_media(leader.clone(), media).await {
@@ -369,9 +376,11 @@ impl MediaService {
                 cache_expires_at: done.cache_expires_at,
                 replayed: false,
             })),
+            // Finished meanwhile by the worker, and failed (refunded): the client hears so.
+            Err(e @ ServiceError::Generation(_)) => Err(e),
             Err(e) => {
-                // The media could not be stored: the settlement regenerates it.
-                tracing::warn!(request_id = %call.request_id, job_id = %leader.id, error = %e, "result not stored; the worker finishes the job");
+                // The result could not be stored or recorded: the settlement finishes the job.
+                tracing::warn!(request_id = %call.request_id, job_id = %leader.id, error = ?e, "result not recorded; the worker finishes the job");
                 Ok(Answer::Job(self.ticket(&leader, outcome, balance)))
             }
         }
