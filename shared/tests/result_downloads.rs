@@ -216,10 +216,7 @@ async fn plain_http_to_a_host_not_listed_is_refused_before_any_connection() {
     // The same address on another port is listed, not this one.
     let client = suno(DownloadPolicy::allowing(["127.0.0.1:9"]));
     let message = refusal(client.download(&server.url("/song.mp3")).await);
-    assert_eq!(
-        message,
-        "the provider's result URL was refused: not https"
-    );
+    assert_eq!(message, "the provider's result URL was refused: not https");
     assert!(!message.contains("127.0.0.1"));
     assert_eq!(server.connections(), 0);
 }

@@ -145,10 +145,7 @@ async fn after_completion_the_same_request_is_a_hit_and_a_redelivery_changes_not
     // The same message again, after the work is done.
     app.server
         .store
-        .send(
-            &JobMessage::settle(&job_id),
-            Duration::ZERO,
-        )
+        .send(&JobMessage::settle(&job_id), Duration::ZERO)
         .await
         .unwrap();
     wait_queue_empty(&app).await;

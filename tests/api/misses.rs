@@ -74,8 +74,7 @@ async fn sixteen_identical_image_requests_make_one_provider_call() {
 }
 
 #[tokio::test]
-async fn a_provider_slower_than_the_budget_answers_202_and_the_worker_completes_it_charged_once()
-{
+async fn a_provider_slower_than_the_budget_answers_202_and_the_worker_completes_it_charged_once() {
     let app = app_with(
         Duration::from_millis(1500),
         Duration::from_millis(700),
@@ -86,7 +85,10 @@ async fn a_provider_slower_than_the_budget_answers_202_and_the_worker_completes_
     let started = Instant::now();
     let answer = app.post(TTS, &user, &json!({"text": "slow voice"})).await;
     assert_eq!(answer.status, 202, "{:?}", answer.json);
-    assert!(started.elapsed() < Duration::from_millis(1400), "within its budget");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "within its budget"
+    );
     assert_eq!(answer.header("x-cache"), "MISS");
     let charged: u64 = answer.header("x-credits-charged").parse().unwrap();
 
@@ -121,13 +123,20 @@ async fn prefer_respond_async_answers_with_the_job_at_once_and_says_so() {
         )
         .await;
     assert_eq!(answer.status, 202, "{:?}", answer.json);
-    assert!(started.elapsed() < Duration::from_millis(300), "not waiting");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "not waiting"
+    );
     assert_eq!(answer.header("preference-applied"), "respond-async");
     let job = app
         .wait_job(&user, answer.json["job_id"].as_str().unwrap())
         .await;
     assert_eq!(job.json["status"], "completed", "{:?}", job.json);
-    assert_eq!(app.sim_calls(Endpoint::Speech), 1, "the worker generated it");
+    assert_eq!(
+        app.sim_calls(Endpoint::Speech),
+        1,
+        "the worker generated it"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +178,10 @@ async fn prefer_wait_bounds_how_long_a_joined_request_waits() {
         .wait_job(&second, follower.json["job_id"].as_str().unwrap())
         .await;
     assert_eq!(job.json["status"], "completed");
-    assert_eq!(job.json["url"].as_str().map(|u| u.contains("/tts/")), Some(true));
+    assert_eq!(
+        job.json["url"].as_str().map(|u| u.contains("/tts/")),
+        Some(true)
+    );
     assert_eq!(app.balance(&second).await, 99);
     assert_eq!(app.sim_calls(Endpoint::Speech), 1);
 }
@@ -250,7 +262,11 @@ async fn a_failed_no_cache_regeneration_leaves_the_entry_in_place() {
     assert_eq!(failed.status, 422, "{:?}", failed.json);
     let hit = app.post(TTS, &user, &body).await;
     assert_eq!((hit.status, hit.header("x-cache")), (200, "HIT"));
-    assert_eq!(app.balance(&user).await, 100 - 2 - 1, "the failure refunded");
+    assert_eq!(
+        app.balance(&user).await,
+        100 - 2 - 1,
+        "the failure refunded"
+    );
 }
 
 /// A video whose provider result claims to be at `url`: the job fails as unavailable, refunded.
@@ -288,7 +304,10 @@ async fn results_at_loopback_metadata_or_private_addresses_are_refused_and_refun
     ] {
         let job = result_at(url).await;
         let message = job["error"]["message"].as_str().unwrap();
-        assert!(!message.contains("10.0.0.1") && !message.contains("169.254"), "{message}");
+        assert!(
+            !message.contains("10.0.0.1") && !message.contains("169.254"),
+            "{message}"
+        );
     }
 }
 
@@ -299,4 +318,65 @@ async fn an_endless_result_stops_at_the_size_cap_and_is_refunded() {
         job["error"]["message"].as_str().unwrap().contains("limit"),
         "{job}"
     );
+}
+
+#[tokio::test]
+async fn a_leader_that_may_wait_less_than_the_generation_takes_is_served_by_one_provider_call() {
+    let app = app_with(
+        Duration::from_millis(2000),
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+    )
+    .await;
+    let user = app.user(100).await;
+    let started = Instant::now();
+    let answer = app
+        .post_raw(
+            TTS,
+            Some(&user.api_key),
+            &[("prefer", "wait=1")],
+            json!({"text": "not that long"}).to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{:?}", answer.json);
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "waited one second"
+    );
+    assert_eq!(answer.header("preference-applied"), "wait=1");
+    let job = app
+        .wait_job(&user, answer.json["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(job.json["status"], "completed", "{:?}", job.json);
+    // The worker generated it once; the request did not start a call it could not wait for.
+    assert_eq!(app.sim_calls(Endpoint::Speech), 1);
+    assert_eq!(app.balance(&user).await, 98);
+}
+
+#[tokio::test]
+async fn a_leader_waiting_on_the_worker_gets_the_result_when_it_comes_in_time() {
+    let app = app_with(
+        Duration::from_millis(300),
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+    )
+    .await;
+    let user = app.user(100).await;
+    let answer = app
+        .post_raw(
+            TTS,
+            Some(&user.api_key),
+            &[("prefer", "wait=10")],
+            json!({"text": "soon enough"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.header("x-cache")),
+        (200, "MISS"),
+        "{:?}",
+        answer.json
+    );
+    assert!(answer.json["url"].is_string());
+    assert_eq!(app.sim_calls(Endpoint::Speech), 1);
+    assert_eq!(app.balance(&user).await, 98);
 }

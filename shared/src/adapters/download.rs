@@ -256,7 +256,8 @@ fn check_content_type(served: Option<&str>, family: Family) -> Result<(), Refusa
         && essence.len() <= 64
         && essence
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/+-.".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"/+-.".contains(&b))
+        && essence.len() <= 64;
     Err(Refusal::ContentType {
         found: if printable {
             essence

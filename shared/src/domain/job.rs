@@ -167,11 +167,18 @@ impl JobMessage {
         }
     }
 
-    /// Whether a message that found no job may still be early (its job's transaction not yet
-    /// committed) rather than orphaned (the transaction never committed).
-    pub fn may_be_early(&self, now: DateTime<Utc>) -> bool {
-        self.sent_at
-            .is_some_and(|sent| now - sent < Duration::minutes(5))
+    /// When to look again for the job of a settlement that found none: while the message is
+    /// young enough that its job's transaction may still be committing (a start retried on
+    /// contention takes at most about 40 s), after a pause that grows with its age; None once it
+    /// can only be an orphan (the transaction never committed: nothing to settle).
+    pub fn early_retry(&self, now: DateTime<Utc>) -> Option<std::time::Duration> {
+        let age = (now - self.sent_at?).to_std().unwrap_or_default();
+        (age < std::time::Duration::from_secs(60)).then(|| {
+            age.clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(30),
+            )
+        })
     }
 }
 
@@ -227,5 +234,18 @@ mod tests {
     fn messages_default_to_the_polling_chain() {
         let m: JobMessage = serde_json::from_str(r#"{"job_id":"job_1"}"#).unwrap();
         assert!(m.poll);
+    }
+
+    #[test]
+    fn a_young_settlement_without_its_job_looks_again_later_and_an_old_one_gives_up() {
+        let m = JobMessage::settle("job_1");
+        let sent = m.sent_at.unwrap();
+        let at = |secs: i64| sent + Duration::seconds(secs);
+        assert_eq!(m.early_retry(at(0)), Some(StdDuration::from_secs(1)));
+        assert_eq!(m.early_retry(at(8)), Some(StdDuration::from_secs(8)));
+        assert_eq!(m.early_retry(at(45)), Some(StdDuration::from_secs(30)));
+        assert_eq!(m.early_retry(at(61)), None, "an orphan");
+        let old: JobMessage = serde_json::from_str(r#"{"job_id":"job_1"}"#).unwrap();
+        assert_eq!(old.early_retry(at(0)), None, "unknown age: not early");
     }
 }

@@ -295,12 +295,13 @@ impl MediaService {
     pub async fn process_job(&self, message: &JobMessage) -> Result<(), ServiceError> {
         let parts = self.job_parts()?;
         let Some(job) = self.store.job(&message.job_id).await? else {
-            if message.may_be_early(chrono::Utc::now()) {
-                // Sent before its job's transaction: look again when the queue delivers it next.
-                return Err(ServiceError::Storage(format!(
-                    "job {} is not written yet",
-                    message.job_id
-                )));
+            // Sent before its job's transaction (wall-clock age, as the queue's delays are).
+            if let Some(delay) = message.early_retry(chrono::Utc::now()) {
+                return parts
+                    .queue
+                    .send(message, delay)
+                    .await
+                    .map_err(|e| ServiceError::Queue(e.0));
             }
             // Its transaction never committed (the request joined, was refused, or failed): no
             // charge to settle.

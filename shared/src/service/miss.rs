@@ -46,7 +46,8 @@ impl Default for MissPolicy {
         Self {
             request_budget: Duration::from_secs(25),
             settle_margin: Duration::from_secs(5),
-            worker_budget: Duration::from_secs(120),
+            // Under the completion function's 120 s timeout and serve's 120 s visibility timeout.
+            worker_budget: Duration::from_secs(90),
             // gpt-image-1 at high quality often takes longer than API Gateway waits.
             async_models: vec!["image:gpt-image-1:high".into()],
         }
@@ -122,9 +123,15 @@ impl MediaService {
     ) -> Result<Answer, ServiceError> {
         let parts = self.job_parts()?;
         let budget = Budget::of(call, &parts.miss, job.generator.is_inline());
+        // Inline only when the request may wait until its deadline: a generation cut short by a
+        // shorter wait would be paid for twice (the worker starts again).
         let inline = job.generator.is_inline()
-            && budget.wait_until > Instant::now()
+            && budget.wait_until >= budget.deadline
             && !parts.miss.is_slow(&job.generator);
+        // One job id and one settlement for the request, whatever the tries below find.
+        let mut leader = self.new_job(call, user_id, &job, None, self.clock.now())?;
+        leader.credits_charged = job.price;
+        let mut settlement_sent = false;
         let mut seen = lookup.entry;
         let mut balance = lookup.balance;
         for _ in 0..START_ATTEMPTS {
@@ -134,7 +141,9 @@ impl MediaService {
                     if let Some((follower, remaining)) =
                         self.join(call, user_id, &job, leader, balance).await?
                     {
-                        return self.await_leader(follower, remaining, budget).await;
+                        return self
+                            .await_job(follower, remaining, CacheOutcome::Coalesced, budget)
+                            .await;
                     }
                 } else if entry.is_servable(now) && !call.cache_control.no_cache {
                     let generation = self
@@ -143,8 +152,6 @@ impl MediaService {
                     return Ok(Answer::Ready(generation));
                 }
             }
-            let mut leader = self.new_job(call, user_id, &job, None, now)?;
-            leader.credits_charged = job.price;
             let pending = CacheEntry {
                 cache_key: job.cache_key.clone(),
                 status: EntryStatus::Pending,
@@ -160,8 +167,11 @@ impl MediaService {
                 job_id: Some(leader.id.clone()),
                 lease_until: Some(leader.deadline),
             };
-            self.send_settlement(call, &leader, &job, inline, budget)
-                .await?;
+            if !settlement_sent {
+                self.send_settlement(call, &leader, &job, inline, budget)
+                    .await?;
+                settlement_sent = true;
+            }
             let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
             let started = self
                 .store
@@ -204,65 +214,62 @@ impl MediaService {
             .map(|remaining| (follower, remaining)))
     }
 
-    /// A follower waits on its leader's job within its wait budget: the result (200, COALESCED),
-    /// the leader's failure (refunded), or its own job to poll once the budget is spent.
-    async fn await_leader(
+    /// A request waits within its wait budget on the job that produces its result (a
+    /// follower on its leader's, a leader handed to the worker on its own): the result (200), the
+    /// job's failure (refunded), or its own job to poll once the budget is spent.
+    async fn await_job(
         &self,
-        follower: Job,
+        own: Job,
         remaining: u64,
+        outcome: CacheOutcome,
         budget: Budget,
     ) -> Result<Answer, ServiceError> {
-        let ticket = |f: &Job| {
-            Ok(Answer::Job(self.ticket(
-                f,
-                CacheOutcome::Coalesced,
-                remaining,
-            )))
-        };
-        let Some(leader_id) = follower.leader.clone() else {
-            return ticket(&follower);
-        };
+        let ticket = |j: &Job| Ok(Answer::Job(self.ticket(j, outcome, remaining)));
+        let watched = own.leader.clone().unwrap_or_else(|| own.id.clone());
         let mut pause = FIRST_LOOK;
         loop {
             if Instant::now() + pause > budget.wait_until {
-                return ticket(&follower);
+                return ticket(&own);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(LONGEST_LOOK);
-            // A store that cannot answer now leaves the follower with its job: it is paid for
-            // and settles with its leader.
-            let leader = match self.store.job(&leader_id).await {
-                Ok(Some(leader)) => leader,
-                Ok(None) => return ticket(&follower),
+            // A store that cannot answer now leaves the request with its job: it is paid for
+            // and settles on its own.
+            let producer = match self.store.job(&watched).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return ticket(&own),
                 Err(e) => {
-                    tracing::warn!(job_id = %follower.id, error = %e, "leader unreadable; answering with the job");
-                    return ticket(&follower);
+                    tracing::warn!(job_id = %own.id, error = %e, "job unreadable; answering with the job");
+                    return ticket(&own);
                 }
             };
-            match leader.status {
+            match producer.status {
                 JobStatus::Completed => {
                     return Ok(Answer::Ready(Generation {
-                        id: follower.request_id.clone(),
-                        media_type: follower.media_type,
-                        cache_key: follower.cache_key.to_string(),
-                        outcome: CacheOutcome::Coalesced,
-                        object_keys: leader.result_keys,
-                        content_type: leader.content_type,
-                        provider: leader.provider,
-                        model: leader.model,
-                        credits_charged: follower.credits_charged,
+                        id: own.request_id.clone(),
+                        media_type: own.media_type,
+                        cache_key: own.cache_key.to_string(),
+                        outcome,
+                        object_keys: producer.result_keys,
+                        content_type: producer.content_type,
+                        provider: producer.provider,
+                        model: producer.model,
+                        credits_charged: own.credits_charged,
                         credits_remaining: remaining,
-                        created_at: leader.updated_at,
-                        cache_expires_at: leader.save_entry.then(|| leader.updated_at + CACHE_TTL),
+                        created_at: producer.updated_at,
+                        cache_expires_at: producer
+                            .save_entry
+                            .then(|| producer.updated_at + CACHE_TTL),
                         replayed: false,
                     }));
                 }
                 JobStatus::Failed => {
                     // Refunds everyone now rather than when the worker comes by; at most once.
-                    if let Err(e) = self.settle_followers(&leader).await {
-                        tracing::warn!(job_id = %leader.id, error = %e, "followers not settled yet; the worker will");
+                    if let Err(e) = self.settle_followers(&producer).await {
+                        tracing::warn!(job_id = %producer.id, error = %e, "not settled yet; the worker will");
+                        return ticket(&own);
                     }
-                    let failure = leader.failure.unwrap_or_else(|| {
+                    let failure = producer.failure.unwrap_or_else(|| {
                         JobFailure::new("generation_failed", "the provider could not generate it")
                     });
                     return Err(ServiceError::Generation(failure));
@@ -323,7 +330,8 @@ impl MediaService {
                 .await;
         }
         if !inline {
-            return Ok(Answer::Job(self.ticket(&leader, outcome, balance)));
+            // The worker generates it; the request waits for it within its budget.
+            return self.await_job(leader, balance, outcome, budget).await;
         }
         let started = std::time::Instant::now();
         let generated = tokio::time::timeout_at(

@@ -698,7 +698,11 @@ pub async fn an_unreadable_entry_is_a_miss_that_a_start_overwrites(harness: Stor
     let user = create_user(store, 100, t0()).await.unwrap();
     let k = video_key();
     (harness.corrupt)(k.clone()).await;
-    assert_eq!(entry_of(store, &k).await, None, "unreadable reads as missing");
+    assert_eq!(
+        entry_of(store, &k).await,
+        None,
+        "unreadable reads as missing"
+    );
     let leader = job(&user.user_id, &k, None, 50);
     assert_eq!(
         start(store, &leader, false).await,
@@ -731,13 +735,21 @@ pub async fn a_no_cache_start_leaves_the_ready_entry_until_its_result_replaces_i
         start(store, &failing, true).await,
         JobStart::Started { .. }
     ));
-    assert_eq!(entry_of(store, &k).await, Some(ready.clone()), "still served");
+    assert_eq!(
+        entry_of(store, &k).await,
+        Some(ready.clone()),
+        "still served"
+    );
     let failed = Job {
         status: JobStatus::Failed,
         ..failing
     };
     assert!(store.finish_job(&failed, None).await.unwrap());
-    assert_eq!(entry_of(store, &k).await, Some(ready.clone()), "not deleted");
+    assert_eq!(
+        entry_of(store, &k).await,
+        Some(ready.clone()),
+        "not deleted"
+    );
 
     // One that succeeds replaces it with its own result.
     let fresh = job(&user.user_id, &k, None, 50);
@@ -781,7 +793,10 @@ pub async fn a_result_never_replaces_another_jobs_live_claim(harness: StoreHarne
         lease_until: None,
         ..pending(&stale)
     };
-    assert!(store.finish_job(&late, Some(&ready)).await.unwrap(), "the job finishes");
+    assert!(
+        store.finish_job(&late, Some(&ready)).await.unwrap(),
+        "the job finishes"
+    );
     let entry = entry_of(store, &k).await.unwrap();
     assert_eq!(
         entry.joinable_job(t0()),

@@ -95,7 +95,14 @@ impl DynamoStore {
                     let balance = match exact {
                         Some(seen) => seen - c.amount,
                         // The write cannot return the balance: read it (only off the warm path).
-                        None => self.balance(&c.user_id).await?.unwrap_or(0),
+                        // Committed is committed: a failed read never turns it into an error.
+                        None => match self.balance(&c.user_id).await {
+                            Ok(balance) => balance.unwrap_or(0),
+                            Err(e) => {
+                                tracing::warn!(user_id = %c.user_id, error = %e, "balance after a charge unknown");
+                                c.seen_balance.unwrap_or(0).saturating_sub(c.amount)
+                            }
+                        },
                     };
                     return Ok(Charged::Done(balance));
                 }
