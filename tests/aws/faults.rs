@@ -184,6 +184,7 @@ async fn the_strict_emulator_cancels_a_transaction_or_write_that_conflicts_with_
 /// 16 identical requests at once through `function`: one provider call, one MISS, every other
 /// answer COALESCED or HIT with the hit price, every ledger balanced.
 async fn sixteen_identical(function: Function, path: &str, body: Value, endpoint: Endpoint) {
+    let _turn = crate::support::burst().await;
     let sim = sim_with(SimConfig {
         speech_latency: Duration::from_millis(700),
         image_latency: Duration::from_millis(700),
@@ -254,6 +255,7 @@ async fn sixteen_identical_image_requests_under_conflicts_make_one_provider_call
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_hits_by_fifty_users_on_one_key_never_fail_on_a_conflict() {
     crate::support::logs();
+    let _turn = crate::support::burst().await;
     let sim = sim_with(SimConfig::default()).await;
     let sdk = sdk().await;
     let store = dynamo(&sdk);
@@ -309,6 +311,7 @@ async fn two_hundred_hits_by_fifty_users_on_one_key_never_fail_on_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_mixed_requests_of_one_user_under_conflict_are_never_a_5xx() {
+    let _turn = crate::support::burst().await;
     let sim = sim_with(SimConfig {
         speech_latency: Duration::from_millis(300),
         image_latency: Duration::from_millis(300),

@@ -81,6 +81,7 @@ async fn balance(store: &DynamoStore, user: &NewUser) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_identical_video_requests_make_one_task_and_complete_as_one() {
+    let _turn = crate::support::burst().await;
     let sim = task_simulator().await;
     let sdk = sdk().await;
     let queue = jobs_queue(&sdk).await;

@@ -22,6 +22,13 @@ pub fn env(name: &str) -> String {
     })
 }
 
+/// Held by the tests that send hundreds of requests at once, so that they take turns on the
+/// emulator (one Python process) instead of starving each other's conflict retries.
+pub async fn burst() -> tokio::sync::MutexGuard<'static, ()> {
+    static BURST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    BURST.lock().await
+}
+
 /// Warnings and errors of the code under test in the test's output (shown when it fails).
 pub fn logs() {
     let _ = tracing_subscriber::fmt()

@@ -24,6 +24,7 @@ fn dynamo(sdk: &aws_config::SdkConfig) -> DynamoStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_concurrent_hits_on_fifty_credits_succeed_fifty_times() {
+    let _turn = crate::support::burst().await;
     let sim = simulator().await;
     let base = serve_function(&sim, media_cache::lambda::Function::Tts).await;
     let sdk = sdk().await;
