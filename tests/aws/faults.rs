@@ -5,7 +5,7 @@
 //! (`./scripts/test.sh conflict` runs the first kind).
 
 use crate::support::{
-    FunctionLimits, env, jobs_config, jobs_queue, run_completion_until, sdk, serve_app,
+    FunctionLimits, env, jobs_config, jobs_queue, post, run_completion_until, sdk, serve_app,
     serve_app_limited, strict, strict_stats,
 };
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
@@ -31,39 +31,6 @@ async fn sim_with(config: SimConfig) -> SimHandle {
     provider_sim::spawn(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
-}
-
-/// One answer: status, `X-Cache`, credits charged, body.
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    cache: String,
-    charged: u64,
-    json: Value,
-}
-
-async fn post(http: &reqwest::Client, url: &str, user: &NewUser, body: &Value) -> Reply {
-    let resp = http
-        .post(url)
-        .bearer_auth(&user.api_key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (cache, charged) = (header("x-cache"), header("x-credits-charged"));
-    Reply {
-        status: resp.status().as_u16(),
-        cache,
-        charged: charged.parse().unwrap_or(0),
-        json: resp.json().await.unwrap_or(Value::Null),
-    }
 }
 
 /// The user's balance, after checking that their ledger adds up to it (every line is in one

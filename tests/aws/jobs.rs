@@ -25,21 +25,8 @@ async fn post(
     user: &NewUser,
     body: &Value,
 ) -> (u16, String, Value) {
-    let resp = http
-        .post(url)
-        .bearer_auth(&user.api_key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let cache = resp
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (status, cache, resp.json().await.unwrap_or(Value::Null))
+    let reply = crate::support::post(http, url, user, body).await;
+    (reply.status, reply.cache, reply.json)
 }
 
 async fn get_job(http: &reqwest::Client, jobs: &str, user: &NewUser, id: &str) -> (u16, Value) {

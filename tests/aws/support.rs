@@ -195,6 +195,49 @@ pub async fn strict_stats() -> serde_json::Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
 
+/// One answer of a function: status, `X-Cache`, credits charged, body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// `X-Cache`.
+    pub cache: String,
+    /// `X-Credits-Charged` (0 when absent).
+    pub charged: u64,
+    /// The JSON body (Null when not JSON).
+    pub json: serde_json::Value,
+}
+
+/// POSTs `body` to `url` with the user's key.
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    user: &media_cache::service::accounts::NewUser,
+    body: &serde_json::Value,
+) -> Reply {
+    let resp = http
+        .post(url)
+        .bearer_auth(&user.api_key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (cache, charged) = (header("x-cache"), header("x-credits-charged"));
+    Reply {
+        status: resp.status().as_u16(),
+        cache,
+        charged: charged.parse().unwrap_or(0),
+        json: resp.json().await.unwrap_or(serde_json::Value::Null),
+    }
+}
+
 /// A control call to the strict emulator (`scripts/moto_server.py`).
 pub async fn strict(method: reqwest::Method, path: &str, body: Option<serde_json::Value>) {
     let url = format!("{}{path}", env("AWS_ENDPOINT_URL"));

@@ -21,6 +21,7 @@
 //! refunded) and its message is safe to show a client: it names the rule, never the URL or an
 //! address. The detail goes to the log.
 
+use super::task_http::retry_after;
 use crate::domain::GeneratedMedia;
 use crate::ports::ProviderError;
 use bytes::BytesMut;
@@ -438,18 +439,6 @@ fn download_error(e: &reqwest::Error) -> ProviderError {
         Some(refusal) => refusal.into(),
         None => super::task_http::transport_error(e),
     }
-}
-
-/// `Retry-After` in seconds, when sent.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
 }
 
 /// A client that fetches provider results under a policy; one per provider client.

@@ -34,7 +34,7 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> ProviderError {
 }
 
 /// `Retry-After` in seconds, when the provider sent one.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
