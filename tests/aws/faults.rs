@@ -245,7 +245,7 @@ async fn two_hundred_hits_by_fifty_users_on_one_key_never_fail_on_a_conflict() {
     .await;
 
     // The figures of the hit path under contention (exact when this test runs alone:
-    // `./scripts/test.sh two_hundred_hits -- --nocapture`).
+    // `./scripts/test.sh two_hundred_hits --nocapture`).
     let retries = DynamoStore::contention_retries() - retries_before;
     let stats = strict_stats().await;
     let delta = |name: &str| stats[name].as_u64().unwrap() - stats_before[name].as_u64().unwrap();
