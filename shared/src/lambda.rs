@@ -598,6 +598,33 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_and_slow_models_are_read_by_name() {
+        let c = config(&[
+            ("MEDIA_STORE", "embedded"),
+            ("DEADLINE_MARGIN_MS", "1500"),
+            ("SETTLE_MARGIN_SECS", "4"),
+            ("ASYNC_MODELS", "image:gpt-image-1:high, TTS:tts-1-hd"),
+            ("DOWNLOAD_ALLOWED_HOSTS", "127.0.0.1:9100"),
+        ])
+        .unwrap();
+        assert_eq!(c.deadline_margin, Duration::from_millis(1500));
+        assert_eq!(c.miss_policy.settle_margin, Duration::from_secs(4));
+        assert_eq!(
+            c.miss_policy.async_models,
+            vec!["image:gpt-image-1:high", "tts:tts-1-hd"]
+        );
+        assert_eq!(c.download_allowed_hosts, vec!["127.0.0.1:9100"]);
+        let defaults = config(&[("MEDIA_STORE", "embedded")]).unwrap();
+        assert_eq!(defaults.deadline_margin, Duration::from_secs(2));
+        assert!(
+            defaults.download_allowed_hosts.is_empty(),
+            "strict by default"
+        );
+        let bad = config(&[("MEDIA_STORE", "embedded"), ("DEADLINE_MARGIN_MS", "2s")]).unwrap_err();
+        assert!(bad.0.contains("DEADLINE_MARGIN_MS"), "{bad}");
+    }
+
+    #[test]
     fn bad_values_are_reported_by_name() {
         let no_key = config(&[("TABLE_NAME", "t"), ("BUCKET_NAME", "b")]).unwrap();
         assert_eq!(no_key.openai_api_key, SecretSource::Unset);

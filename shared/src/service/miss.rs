@@ -45,7 +45,9 @@ impl Default for MissPolicy {
     fn default() -> Self {
         Self {
             request_budget: Duration::from_secs(25),
-            settle_margin: Duration::from_secs(5),
+            // Past the request's deadline the request is answered; on Lambda it is stopped 2 s
+            // later (DEADLINE_MARGIN_MS): nothing of it can still be working on the job.
+            settle_margin: Duration::from_secs(3),
             // Under the completion function's 120 s timeout and serve's 120 s visibility timeout.
             worker_budget: Duration::from_secs(90),
             // gpt-image-1 at high quality often takes longer than API Gateway waits.
@@ -392,5 +394,80 @@ impl MediaService {
                 Ok(Answer::Job(self.ticket(&leader, outcome, balance)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ImageRequest;
+
+    fn image(model: &str, quality: &str) -> Generator {
+        let norm = ImageRequest {
+            prompt: Some("a boat".into()),
+            model: Some(model.into()),
+            quality: Some(quality.into()),
+            ..Default::default()
+        }
+        .normalize()
+        .unwrap();
+        Generator::Image(norm)
+    }
+
+    #[test]
+    fn slow_model_rules_match_a_model_or_a_model_and_quality() {
+        let policy = MissPolicy {
+            async_models: MissPolicy::parse_async_models("image:gpt-image-1:HIGH, image:dall-e-3"),
+            ..Default::default()
+        };
+        assert!(policy.is_slow(&image("gpt-image-1", "high")));
+        assert!(!policy.is_slow(&image("gpt-image-1", "low")));
+        assert!(policy.is_slow(&image("dall-e-3", "hd")), "every quality");
+        assert!(!policy.is_slow(&image("dall-e-2", "standard")));
+    }
+
+    #[test]
+    fn a_budget_waits_until_the_deadline_unless_the_client_prefers_less() {
+        let policy = MissPolicy::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let call = |prefer: Prefer| CallContext {
+            deadline: Some(deadline),
+            prefer,
+            ..Default::default()
+        };
+        let inline = Budget::of(&call(Prefer::default()), &policy, true);
+        assert_eq!((inline.deadline, inline.wait_until), (deadline, deadline));
+        let task = Budget::of(&call(Prefer::default()), &policy, false);
+        assert!(
+            task.wait_until < deadline,
+            "music and video answer with the job"
+        );
+        let short = Budget::of(
+            &call(Prefer {
+                wait: Some(Duration::from_secs(2)),
+                ..Default::default()
+            }),
+            &policy,
+            true,
+        );
+        assert!(short.wait_until < deadline - Duration::from_secs(7));
+        let long = Budget::of(
+            &call(Prefer {
+                wait: Some(Duration::from_secs(60)),
+                ..Default::default()
+            }),
+            &policy,
+            true,
+        );
+        assert_eq!(long.wait_until, deadline, "never past the deadline");
+        let now = Budget::of(
+            &call(Prefer {
+                respond_async: true,
+                ..Default::default()
+            }),
+            &policy,
+            true,
+        );
+        assert!(now.wait_until <= Instant::now());
     }
 }
