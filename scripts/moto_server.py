@@ -233,6 +233,8 @@ class Strict:
         self.app = app
         # The backends, and the held keys (checked and marked together with moto's work).
         self.lock = threading.Lock()
+        # Keys of the transactions in flight, and the lock that guards them.
+        self.keys = threading.Lock()
         self.held = {}
         # Fault rules, counters and the hold time (the control endpoints do not wait for moto).
         self.state = threading.Lock()
@@ -292,35 +294,35 @@ class Strict:
                 return self.call(environ, start_response)
 
         identities = [identity(account, region, table, key) for table, key, _ in items]
-        self.lock.acquire()
-        try:
+        # The held keys have a lock of their own: checking, holding and letting go of them never
+        # waits behind moto's work, so a busy emulator does not stretch a hold.
+        with self.keys:
             held = {i for i, held_key in enumerate(identities) if held_key in self.held}
-            if operation in PLAIN_WRITES:
-                if held:
-                    self.count("write_conflicts")
-                    return dynamodb_error(
-                        start_response, 400, "TransactionConflictException", CONFLICT_MESSAGE
-                    )
-                return self.call(environ, start_response)
+            if held and operation in PLAIN_WRITES:
+                self.count("write_conflicts")
+                return dynamodb_error(
+                    start_response, 400, "TransactionConflictException", CONFLICT_MESSAGE
+                )
             if held:
                 self.count("transaction_conflicts")
                 return transaction_cancelled(start_response, held, len(items))
-            if hold <= 0:
-                return self.call(environ, start_response)
             token = object()
-            for held_key in identities:
-                if held_key is not None:
-                    self.held[held_key] = token
-        finally:
-            self.lock.release()
+            if operation == "TransactWriteItems" and hold > 0:
+                for held_key in identities:
+                    if held_key is not None:
+                        self.held[held_key] = token
+            else:
+                token = None
+        if token is None:
+            with self.lock:
+                return self.call(environ, start_response)
 
         # In flight for the hold time: other requests run meanwhile, and meet the held keys.
-        # Then it commits under the lock (atomically, conditions checked then); the keys are let
-        # go before waiting for the lock, so a busy emulator does not stretch the hold.
+        # Then it commits under moto's lock (atomically, conditions checked then).
         try:
             time.sleep(hold)
         finally:
-            with self.lock:
+            with self.keys:
                 self.release(token)
         with self.lock:
             return self.call(environ, start_response)
