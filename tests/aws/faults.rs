@@ -637,3 +637,54 @@ print(len(data), data[:4].decode("latin-1"))
     );
     assert_eq!(sim.calls(Endpoint::Speech), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_delivered_twice_at_once_calls_the_provider_once() {
+    let sim = sim_with(SimConfig {
+        speech_latency: Duration::from_millis(600),
+        ..SimConfig::default()
+    })
+    .await;
+    let sdk = sdk().await;
+    let store = dynamo(&sdk);
+    let queue = jobs_queue(&sdk).await;
+    let config = jobs_config(&sim, &queue);
+    let base = serve_app(&config, Function::Tts).await;
+    let user = users(&store, 1, 100).await.remove(0);
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{base}/api/v1/media/tts"))
+        .bearer_auth(&user.api_key)
+        .header("prefer", "respond-async")
+        .json(&json!({"text": format!("twice {}", generate_request_id())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // SQS delivers at least once: two workers get the same settlement at the same time.
+    let (service, _) =
+        media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
+            .await
+            .unwrap();
+    let message = media_cache::domain::JobMessage::settle(&job_id);
+    let (a, b) = tokio::join!(service.process_job(&message), service.process_job(&message));
+    a.unwrap();
+    b.unwrap();
+    let job = store.job(&job_id).await.unwrap().unwrap();
+    assert_eq!(job.status, media_cache::domain::JobStatus::Completed);
+    assert_eq!(sim.calls(Endpoint::Speech), 1, "one provider call");
+
+    // The queue's own copy (sent with a one-second delay) comes later and changes nothing.
+    let draining = std::time::Instant::now();
+    run_completion_until(&config, &queue, || async {
+        draining.elapsed() > Duration::from_secs(4)
+    })
+    .await;
+    assert_eq!(sim.calls(Endpoint::Speech), 1, "still one");
+    assert_eq!(balanced(&store, &user).await, 100 - job.credits_charged);
+}

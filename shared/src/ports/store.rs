@@ -161,6 +161,11 @@ pub trait JobStore: Send + Sync {
     /// terminal; returns whether it was saved.
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
 
+    /// Saves `job` as the next attempt at it: only while the stored job is open and its
+    /// `attempts` is still one less than `job.attempts`. Of concurrent deliveries of one
+    /// settlement, one takes the attempt (and calls the provider); the others see false.
+    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError>;
+
     /// Saves the finished leader `job` and settles its cache entry in one transaction: `ready`
     /// replaces the entry unless another job's live pending claim holds it; None deletes the
     /// entry only while it is pending on this job (a failed job, or `no-store`), so a READY

@@ -444,8 +444,23 @@ impl MediaService {
             updated_at: self.clock.now().trunc_subsecs(6),
             ..job
         };
-        if !self.store.update_job(&job).await? {
-            // Finished meanwhile (the request completed it after all).
+        if !self.store.claim_attempt(&job).await? {
+            // Finished meanwhile, or another delivery of this settlement took the attempt: one
+            // provider call per attempt. That delivery may still die, and this one's success
+            // deletes the message they share: look again once its attempt must be over.
+            let still_open = self
+                .store
+                .job(&job.id)
+                .await?
+                .is_some_and(|j| !j.status.is_terminal());
+            if still_open {
+                let later = parts.miss.worker_budget + parts.miss.settle_margin;
+                parts
+                    .queue
+                    .send(message, later.min(std::time::Duration::from_secs(900)))
+                    .await
+                    .map_err(|e| ServiceError::Queue(e.0))?;
+            }
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + parts.miss.worker_budget;

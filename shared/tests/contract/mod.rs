@@ -33,6 +33,7 @@ macro_rules! store_contract {
             followers_join_only_while_the_entry_is_pending_on_their_leader,
             a_finished_job_never_changes_again,
             a_failed_job_deletes_only_its_own_pending_entry,
+            one_of_two_concurrent_claims_takes_an_attempt,
         );
         $crate::store_contract!(@harness_cases $factory;
             an_unreadable_entry_is_a_miss_that_a_start_overwrites,

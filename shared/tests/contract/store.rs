@@ -804,3 +804,45 @@ pub async fn a_result_never_replaces_another_jobs_live_claim(harness: StoreHarne
         "the live claim stays"
     );
 }
+
+pub async fn one_of_two_concurrent_claims_takes_an_attempt(store: Arc<dyn Store>) {
+    let user = create_user(store.as_ref(), 100, t0()).await.unwrap();
+    let leader = job(&user.user_id, &video_key(), None, 50);
+    start(store.as_ref(), &leader, false).await;
+    let attempt = Job {
+        attempts: leader.attempts + 1,
+        status: JobStatus::Processing,
+        ..leader.clone()
+    };
+    let (a, b) = tokio::join!(store.claim_attempt(&attempt), store.claim_attempt(&attempt));
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|t| **t).count(),
+        1,
+        "one delivery takes it"
+    );
+    assert!(
+        !store.claim_attempt(&attempt).await.unwrap(),
+        "taken already"
+    );
+    let next = Job {
+        attempts: attempt.attempts + 1,
+        ..attempt.clone()
+    };
+    assert!(
+        store.claim_attempt(&next).await.unwrap(),
+        "the next attempt"
+    );
+    let failed = Job {
+        status: JobStatus::Failed,
+        ..next.clone()
+    };
+    assert!(store.finish_job(&failed, None).await.unwrap());
+    let after = Job {
+        attempts: next.attempts + 1,
+        ..next
+    };
+    assert!(
+        !store.claim_attempt(&after).await.unwrap(),
+        "never once finished"
+    );
+}

@@ -26,6 +26,40 @@ impl DynamoStore {
             .map_err(build_err)
     }
 
+    /// Saves `job` while the stored one is open (and, when given, still at `prior` attempts);
+    /// returns whether it was saved.
+    async fn save_open_job(&self, job: &Job, prior: Option<u32>) -> Result<bool, StoreError> {
+        let put = self.put_open_job(job)?;
+        let mut condition = JOB_OPEN.to_owned();
+        let mut values = put
+            .expression_attribute_values()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(prior) = prior {
+            condition.push_str(" AND attempts = :prior");
+            values.insert(":prior".into(), n(prior));
+        }
+        let request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(put.item().clone()))
+            .condition_expression(condition)
+            .set_expression_attribute_names(put.expression_attribute_names().cloned())
+            .set_expression_attribute_values(Some(values));
+        let result = retrying(|| request.clone().send(), contended).await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
     /// The entry's item as stored, read consistently.
     async fn read_entry_item(&self, cache_key: &CacheKey) -> Result<Option<Item>, StoreError> {
         let out = self
@@ -187,25 +221,13 @@ impl JobStore for DynamoStore {
     }
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
-        let put = self.put_open_job(job)?;
-        let request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(put.item().clone()))
-            .condition_expression(JOB_OPEN)
-            .set_expression_attribute_names(put.expression_attribute_names().cloned())
-            .set_expression_attribute_values(put.expression_attribute_values().cloned());
-        let result = retrying(|| request.clone().send(), contended).await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(store_err(e)),
+        self.save_open_job(job, None).await
+    }
+
+    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError> {
+        match job.attempts.checked_sub(1) {
+            Some(prior) => self.save_open_job(job, Some(prior)).await,
+            None => Ok(false),
         }
     }
 

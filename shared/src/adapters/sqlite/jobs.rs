@@ -85,6 +85,20 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError> {
+        let job = job.clone();
+        self.transact(move |tx| {
+            let prior = job.attempts.checked_sub(1);
+            let current = read_job(tx, &job.id).map_err(db_err)?;
+            if !current.is_some_and(|c| !c.status.is_terminal() && Some(c.attempts) == prior) {
+                return Ok(false);
+            }
+            write_job(tx, &job).map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
         let (job, ready) = (job.clone(), ready.cloned());
         self.transact(move |tx| {
