@@ -180,6 +180,27 @@ impl MediaService {
         }
     }
 
+    /// A leader's provider refused or failed: the job fails, refunding everyone, and the client
+    /// hears why. If the failure cannot be recorded now, the client gets the job instead, which
+    /// its settlement ends (failed and refunded, or done after all).
+    pub(super) async fn refused(
+        &self,
+        call: &CallContext,
+        leader: Job,
+        outcome: CacheOutcome,
+        balance: u64,
+        error: ProviderError,
+    ) -> Result<Answer, ServiceError> {
+        let ticket = self.ticket(&leader, outcome, balance);
+        match self.fail_job(leader, failure_of(&error)).await {
+            Ok(()) => Err(ServiceError::Provider(error)),
+            Err(store) => {
+                tracing::warn!(request_id = %call.request_id, error = %store, "failure not recorded; answering with the job");
+                Ok(Answer::Job(ticket))
+            }
+        }
+    }
+
     /// Submits the provider task of a music or video job and records it.
     pub(super) async fn submit(
         &self,
@@ -204,8 +225,7 @@ impl MediaService {
             Ok(task) => task,
             Err(e) => {
                 tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "provider task not submitted");
-                self.fail_job(leader, failure_of(&e)).await?;
-                return Err(ServiceError::Provider(e));
+                return self.refused(call, leader, outcome, balance, e).await;
             }
         };
         leader.provider_task = Some(task);

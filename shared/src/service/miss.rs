@@ -359,15 +359,7 @@ impl MediaService {
             }
             Ok(Err(e)) => {
                 tracing::info!(request_id = %call.request_id, job_id = %leader.id, error = %e, "generation failed; refunding");
-                let ticket = self.ticket(&leader, outcome, balance);
-                return match self.fail_job(leader, super::jobs::failure_of(&e)).await {
-                    Ok(()) => Err(ServiceError::Provider(e)),
-                    Err(store) => {
-                        // Not settled yet: the client gets the job, which its settlement ends.
-                        tracing::warn!(request_id = %call.request_id, error = %store, "failure not recorded; answering with the job");
-                        Ok(Answer::Job(ticket))
-                    }
-                };
+                return self.refused(call, leader, outcome, balance, e).await;
             }
         };
         match self.complete_with_media(leader.clone(), media).await {
