@@ -1,6 +1,8 @@
 //! `mediactl`: the whole API in one local process on embedded parts (SQLite, local files, the
-//! provider simulator), plus user and credit administration.
+//! provider simulator), plus user and credit administration, and a load generator (bench).
 
+pub mod bench;
+pub mod logs;
 pub mod serve;
 
 pub use serve::{ServeConfig, ServeError, Server};

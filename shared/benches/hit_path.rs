@@ -1,14 +1,19 @@
-//! The cache-hit path on the embedded store: normalise, key, one batch read (API key + entry),
-//! one transaction (charge + ledger line + hit count); and the join path of a request identical
-//! to a video job in flight (single flight). Run: `cargo bench -p media-cache`.
+//! The cache-hit path on the embedded store: normalise and key; a hit (the key's user and the
+//! entry from memory, then the charge, its ledger line and the hit count committed by the
+//! store's writer); 32 hits at once (their charges committed together); charges straight to
+//! the store, one at a time and 32 at once (group commit); and the join path of a request
+//! identical to a video job in flight (single flight). Run: `cargo bench -p media-cache`.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
 use media_cache::adapters::kling::{KlingAuth, KlingClient, KlingConfig};
 use media_cache::adapters::openai::{OpenAiClient, OpenAiConfig};
 use media_cache::adapters::sqlite::SqliteStore;
 use media_cache::clock::SystemClock;
-use media_cache::domain::{NormalizedMedia, PriceTable, TtsRequest, VideoRequest};
+use media_cache::domain::{
+    CacheKey, Charge, LedgerReason, NormalizedMedia, PriceTable, TtsRequest, VideoRequest,
+};
+use media_cache::ports::CreditStore;
 use media_cache::service::accounts::{create_user, generate_request_id};
 use media_cache::service::{
     Answer, CacheOutcome, CallContext, CallbackSigner, JobParts, JobPolicy, MediaRequest,
@@ -39,7 +44,7 @@ fn bench(c: &mut Criterion) {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (service, api_key, _sim) = rt.block_on(async {
+    let (service, store, user, _sim) = rt.block_on(async {
         // Video tasks never finish here: the first request's job stays pending to be joined.
         let sim_config = provider_sim::SimConfig {
             task_duration: Duration::from_secs(24 * 3600),
@@ -72,7 +77,7 @@ fn bench(c: &mut Criterion) {
             video: Some(Arc::new(kling)),
         };
         let service = MediaService::new(
-            Arc::new(store),
+            Arc::new(store.clone()),
             Arc::new(objects),
             openai.clone(),
             openai,
@@ -80,8 +85,9 @@ fn bench(c: &mut Criterion) {
             Arc::new(SystemClock),
         )
         .with_jobs(jobs);
-        (service, user.api_key, sim)
+        (service, store, user, sim)
     });
+    let (user_id, api_key) = (user.user_id, user.api_key);
     let call = |api_key: &str| CallContext {
         api_key: Some(api_key.to_owned()),
         request_id: generate_request_id(),
@@ -94,6 +100,7 @@ fn bench(c: &mut Criterion) {
         .ready()
         .unwrap();
     assert_eq!(first.outcome, CacheOutcome::Miss);
+    let request_ref = request();
 
     c.bench_function("hit_path/sqlite", |b| {
         b.to_async(&rt).iter(|| async {
@@ -107,6 +114,52 @@ fn bench(c: &mut Criterion) {
             black_box(generation)
         })
     });
+
+    let mut concurrent = c.benchmark_group("hits_at_once");
+    concurrent.throughput(Throughput::Elements(32));
+    concurrent.bench_function("sqlite/32", |b| {
+        b.to_async(&rt).iter(|| async {
+            let calls: Vec<_> = (0..32).map(|_| call(&api_key)).collect();
+            let hits = futures_util::future::join_all(
+                calls
+                    .iter()
+                    .map(|call| service.generate(call, &request_ref)),
+            )
+            .await;
+            assert!(hits.iter().all(Result::is_ok));
+            black_box(hits)
+        })
+    });
+    concurrent.finish();
+
+    let key = first_key(&first);
+    let charge = || Charge {
+        user_id: user_id.clone(),
+        amount: 1,
+        reason: LedgerReason::Hit,
+        request_id: generate_request_id(),
+        cache_key: key.clone(),
+        count_hit: true,
+        seen_balance: None,
+        at: chrono::Utc::now(),
+    };
+    let mut charges = c.benchmark_group("charges");
+    charges.throughput(Throughput::Elements(32));
+    charges.bench_function("sqlite/one_at_a_time/32", |b| {
+        b.to_async(&rt).iter(|| async {
+            for _ in 0..32 {
+                store.charge(&charge()).await.unwrap();
+            }
+        })
+    });
+    charges.bench_function("sqlite/at_once/32", |b| {
+        b.to_async(&rt).iter(|| async {
+            let batch: Vec<_> = (0..32).map(|_| charge()).collect();
+            let done = futures_util::future::join_all(batch.iter().map(|c| store.charge(c))).await;
+            assert!(done.iter().all(Result::is_ok));
+        })
+    });
+    charges.finish();
 
     let video = || {
         MediaRequest::Video(VideoRequest {
@@ -128,6 +181,10 @@ fn bench(c: &mut Criterion) {
             black_box(ticket)
         })
     });
+}
+
+fn first_key(generation: &media_cache::service::Generation) -> CacheKey {
+    CacheKey::parse(&generation.cache_key).expect("a generation's key parses")
 }
 
 criterion_group!(benches, bench);

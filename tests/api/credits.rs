@@ -304,3 +304,75 @@ async fn after_a_mixed_run_the_ledger_sums_to_the_balance() {
     );
     assert_eq!(statement.json["ledger"][0]["amount"], -2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hits_are_committed_together_and_refused_one_by_one() {
+    let app = TestApp::start().await;
+    let body = json!({"text": "group commit"});
+    let owner = app.user(100).await;
+    assert_eq!(app.post(TTS, &owner, &body).await.header("x-cache"), "MISS");
+
+    // 60 hits by a user who can pay for exactly 50, mixed with 60 by three users who can pay
+    // for all of theirs, all in flight at once.
+    let poor = app.user(50).await;
+    let mut rich = Vec::new();
+    for _ in 0..3 {
+        rich.push(app.user(100).await);
+    }
+    let callers: Vec<_> = (0..120)
+        .map(|i| {
+            if i % 2 == 0 {
+                poor.clone()
+            } else {
+                rich[i % 3].clone()
+            }
+        })
+        .collect();
+    let before = app.server.store.group_commit_stats();
+    let answers = app.post_concurrently(TTS, &callers, &body).await;
+    let after = app.server.store.group_commit_stats();
+
+    let statuses = |pick: &dyn Fn(usize) -> bool| {
+        let mut counts = std::collections::BTreeMap::new();
+        for (i, a) in answers.iter().enumerate().filter(|(i, _)| pick(*i)) {
+            *counts.entry(a.status).or_insert(0) += 1;
+            if a.status == 200 {
+                assert_eq!(a.header("x-cache"), "HIT", "answer {i}");
+            } else {
+                assert_eq!(
+                    a.json["error"]["code"], "insufficient_credits",
+                    "answer {i}"
+                );
+            }
+        }
+        counts
+    };
+    assert_eq!(
+        statuses(&|i| i % 2 == 0),
+        [(200, 50), (402, 10)].into_iter().collect()
+    );
+    assert_eq!(statuses(&|i| i % 2 == 1), [(200, 60)].into_iter().collect());
+
+    // Every charge is a row of its own in shared commits: fewer commits than charges.
+    let charges = after.writes - before.writes;
+    let commits = after.commits - before.commits;
+    assert!(charges >= 110, "{before:?} -> {after:?}");
+    assert!(commits < charges, "{commits} commits for {charges} writes");
+
+    assert_eq!(app.balance(&poor).await, 0);
+    assert_eq!(app.ledger_sum(&poor).await, 0, "50 granted, 50 hits of 1");
+    let hits = app
+        .server
+        .store
+        .ledger(&poor.user_id, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.amount == -1)
+        .count();
+    assert_eq!(hits, 50);
+    for user in &rich {
+        assert_eq!(app.balance(user).await, 80);
+        assert_eq!(app.ledger_sum(user).await, 80);
+    }
+}

@@ -460,7 +460,6 @@ impl std::fmt::Debug for Downloader {
 impl Downloader {
     /// A downloader for `policy`, each download limited to `timeout`.
     pub(crate) fn new(policy: &DownloadPolicy, timeout: Duration) -> Result<Self, ProviderError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let allow = Arc::new(AllowList::parse(&policy.allowed_hosts));
         let hops = Arc::clone(&allow);
         let max_redirects = policy.max_redirects;
@@ -475,6 +474,7 @@ impl Downloader {
             }
         });
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(super::tls::client_config())
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             // A proxy would resolve names itself, out of the resolver's sight.

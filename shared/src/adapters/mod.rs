@@ -15,3 +15,4 @@ pub mod sqlite;
 pub mod sqs_queue;
 pub mod suno;
 mod task_http;
+pub mod tls;

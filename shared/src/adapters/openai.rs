@@ -100,9 +100,8 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 impl OpenAiClient {
     /// A client for `config`.
     pub fn new(config: OpenAiConfig) -> Result<Self, ProviderError> {
-        // rustls's process-wide crypto: ring (an earlier install, of any provider, wins).
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(super::tls::client_config())
             .timeout(config.timeout)
             .connect_timeout(Duration::from_secs(10))
             .build()

@@ -5,10 +5,10 @@
 use crate::ports::{ProviderError, TaskState};
 use std::time::Duration;
 
-/// An HTTP client with `timeout` per request (rustls with ring, like the OpenAI client).
+/// An HTTP client with `timeout` per request, on the process's TLS configuration (`tls`).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        .tls_backend_preconfigured(super::tls::client_config())
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
         .build()

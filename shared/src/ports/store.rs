@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 /// The store could not do what was asked (unreachable, corrupt data...).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("store error: {0}")]
 pub struct StoreError(pub String);
 

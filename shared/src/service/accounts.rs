@@ -23,7 +23,12 @@ pub fn generate_api_key() -> String {
 
 /// A new random request id (also used for admin operations' ledger lines).
 pub fn generate_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+    // Time-ordered (UUIDv7): ledger lines keyed by request land side by side in the store's
+    // indexes, so a batch of charges rewrites a few pages, not one page per charge. The random
+    // part comes from the thread's generator, not a system call per request.
+    let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    format!("req_{}", id.simple())
 }
 
 /// Creates a user with a new random API key and an initial grant of `credits`.

@@ -25,6 +25,7 @@ macro_rules! store_contract {
             grants_add_credits_with_a_ledger_line,
             idempotency_claims_follow_their_lifecycle,
             concurrent_charges_never_overdraw,
+            lookups_by_a_known_key_see_every_hit_and_replacement,
             the_ledger_lists_newest_first,
             charges_report_the_true_balance_even_after_a_stale_read,
             a_job_starts_with_its_pending_entry_and_charge,

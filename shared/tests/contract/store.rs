@@ -321,24 +321,36 @@ pub async fn idempotency_claims_follow_their_lifecycle(store: Arc<dyn Store>) {
 }
 
 pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
+    // 60 charges of a user with 50 credits, mixed with 60 of three users who can pay: stores
+    // that commit concurrent charges together must still refuse each row on its own.
     let user = create_user(store.as_ref(), 50, t0()).await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(create_user(store.as_ref(), 100, t0()).await.unwrap());
+    }
     let k = key(9);
-    let tasks: Vec<_> = (0..60)
-        .map(|_| {
+    let tasks: Vec<_> = (0..120)
+        .map(|i| {
             let store = Arc::clone(&store);
-            let c = charge(&user.user_id, 1, &k);
-            tokio::spawn(async move { store.charge(&c).await })
+            let payer = if i % 2 == 0 {
+                &user.user_id
+            } else {
+                &others[i % 3].user_id
+            };
+            let c = charge(payer, 1, &k);
+            tokio::spawn(async move { (i % 2 == 0, store.charge(&c).await) })
         })
         .collect();
-    let (mut ok, mut refused) = (0, 0);
+    let (mut ok, mut refused, mut others_ok) = (0, 0, 0);
     for task in tasks {
         match task.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(ChargeError::InsufficientCredits { .. }) => refused += 1,
-            Err(e) => panic!("unexpected {e:?}"),
+            (true, Ok(_)) => ok += 1,
+            (true, Err(ChargeError::InsufficientCredits { .. })) => refused += 1,
+            (false, Ok(_)) => others_ok += 1,
+            (_, result) => panic!("unexpected {result:?}"),
         }
     }
-    assert_eq!((ok, refused), (50, 10));
+    assert_eq!((ok, refused, others_ok), (50, 10, 60));
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 0);
     let ledger = store.ledger(&user.user_id, 1000).await.unwrap();
     assert_eq!(
@@ -349,6 +361,46 @@ pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
         50
     );
     assert_eq!(ledger.iter().map(|l| l.amount).sum::<i64>(), 0);
+    for other in &others {
+        let ledger = store.ledger(&other.user_id, 1000).await.unwrap();
+        let sum: i64 = ledger.iter().map(|l| l.amount).sum();
+        assert_eq!(sum, balance(store.as_ref(), &other.user_id).await as i64);
+        assert_eq!(sum, 80, "100 granted, 20 charges of 1");
+    }
+}
+
+pub async fn lookups_by_a_known_key_see_every_hit_and_replacement(store: Arc<dyn Store>) {
+    // What a store keeps in memory for the hit path must read back as what is stored.
+    let user = create_user(store.as_ref(), 10, t0()).await.unwrap();
+    let digest = api_key_digest(&user.api_key);
+    let k = key(11);
+    store.put_entry(&entry(&k)).await.unwrap();
+    let first = store.lookup(&digest, Some(&k)).await.unwrap();
+    assert_eq!(first.user_id.as_deref(), Some(user.user_id.as_str()));
+    assert_eq!(first.entry.unwrap().hit_count, 0);
+    for _ in 0..3 {
+        let hit = Charge {
+            reason: LedgerReason::Hit,
+            count_hit: true,
+            ..charge(&user.user_id, 1, &k)
+        };
+        store.charge(&hit).await.unwrap();
+    }
+    let again = store.lookup(&digest, Some(&k)).await.unwrap();
+    assert_eq!(again.entry.unwrap().hit_count, 3);
+    let newer = CacheEntry {
+        result_keys: vec!["tts/newer.mp3".into()],
+        ..entry(&k)
+    };
+    store.put_entry(&newer).await.unwrap();
+    let replaced = store
+        .lookup(&digest, Some(&k))
+        .await
+        .unwrap()
+        .entry
+        .unwrap();
+    assert_eq!(replaced.result_keys, newer.result_keys);
+    assert_eq!(replaced.hit_count, 0);
 }
 
 pub async fn the_ledger_lists_newest_first(store: Arc<dyn Store>) {

@@ -10,7 +10,7 @@ use rusqlite::{OptionalExtension, params};
 impl AccountStore for SqliteStore {
     async fn create_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let user_id = user_id.to_owned();
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO users (id, credits_remaining, credits_used, created_at)
                  VALUES (?1, 0, 0, ?2)",
@@ -24,7 +24,7 @@ impl AccountStore for SqliteStore {
 
     async fn add_api_key(&self, api_key_digest: &str, user_id: &str) -> Result<(), StoreError> {
         let (digest, user_id) = (api_key_digest.to_owned(), user_id.to_owned());
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO api_keys (digest, user_id) VALUES (?1, ?2)",
                 params![digest, user_id],
@@ -43,7 +43,7 @@ impl AccountStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<u64, ChargeError> {
         let (user_id, request_id) = (user_id.to_owned(), request_id.to_owned());
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let balance: Option<i64> = tx
                 .query_row(
                     "UPDATE users SET credits_remaining = credits_remaining + ?2
@@ -76,7 +76,7 @@ impl AccountStore for SqliteStore {
 
     async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
         let user_id = user_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             conn.query_row(
                 "SELECT credits_remaining, credits_used, created_at FROM users WHERE id = ?1",
                 [&user_id],
@@ -98,7 +98,7 @@ impl AccountStore for SqliteStore {
 
     async fn ledger(&self, user_id: &str, limit: usize) -> Result<Vec<LedgerLine>, StoreError> {
         let user_id = user_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare(
                     "SELECT at, request_id, amount, reason, cache_key FROM ledger
@@ -126,7 +126,7 @@ impl AccountStore for SqliteStore {
     }
 
     async fn user_count(&self) -> Result<u64, StoreError> {
-        self.run(|conn| {
+        self.read(|conn| {
             conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
                 .map_err(db_err)

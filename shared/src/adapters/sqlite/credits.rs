@@ -4,21 +4,31 @@ use crate::domain::{Charge, LedgerReason, Refund};
 use crate::ports::{ChargeError, CreditStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::params;
+use std::sync::Arc;
 
 #[async_trait]
 impl CreditStore for SqliteStore {
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError> {
         let c = charge.clone();
-        self.transact(move |tx| {
-            let balance = charge_in(tx, &c)?;
-            Ok(balance)
-        })
-        .await
+        let counted = c
+            .count_hit
+            .then(|| (Arc::clone(&self.inner.memo), c.cache_key.to_string()));
+        self.inner
+            .writer
+            .write(
+                move |tx| charge_in(tx, &c),
+                move |committed| {
+                    if let (true, Some((memo, pk))) = (committed, counted) {
+                        memo.count_hit(&pk);
+                    }
+                },
+            )
+            .await
     }
 
     async fn refund(&self, refund: &Refund) -> Result<Option<u64>, StoreError> {
         let r = refund.clone();
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let key = r.cache_key.to_string();
             let inserted = insert_ledger(
                 tx,

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 impl CacheStore for SqliteStore {
     async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError> {
         let e = entry.clone();
-        self.run(move |conn| write_entry(conn, &e).map_err(db_err))
-            .await
+        self.write_entry(e.cache_key.to_string(), move |conn| {
+            write_entry(conn, &e).map_err(db_err)
+        })
+        .await
     }
 }

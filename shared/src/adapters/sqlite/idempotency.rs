@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, params};
 impl IdempotencyStore for SqliteStore {
     async fn claim(&self, claim: &IdempotencyClaim) -> Result<ClaimOutcome, StoreError> {
         let c = claim.clone();
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let now = c.at.timestamp();
             let existing: Option<(String, String, Option<String>, i64, i64)> = tx
                 .query_row(
@@ -58,7 +58,7 @@ impl IdempotencyStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (user_id, key, answer) = (user_id.to_owned(), key.to_owned(), answer.to_owned());
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE idempotency SET state = 'done', answer = ?3, ttl = ?4
                  WHERE user_id = ?1 AND key = ?2",
@@ -72,7 +72,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn release(&self, user_id: &str, key: &str) -> Result<(), StoreError> {
         let (user_id, key) = (user_id.to_owned(), key.to_owned());
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "DELETE FROM idempotency WHERE user_id = ?1 AND key = ?2 AND state = 'pending'",
                 params![user_id, key],

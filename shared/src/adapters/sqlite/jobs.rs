@@ -21,7 +21,7 @@ impl JobStore for SqliteStore {
         charge: &Charge,
     ) -> Result<JobStart, ChargeError> {
         let (job, pending, charge) = (job.clone(), pending.clone(), charge.clone());
-        self.transact(move |tx| {
+        self.write_entry(pending.cache_key.to_string(), move |tx| {
             let now = job.created_at;
             let pk = pending.cache_key.to_string();
             // An unreadable entry is overwritten, like a missing one.
@@ -51,7 +51,7 @@ impl JobStore for SqliteStore {
 
     async fn join_job(&self, job: &Job, charge: &Charge) -> Result<Option<u64>, ChargeError> {
         let (job, charge) = (job.clone(), charge.clone());
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let entry = read_entry(tx, &job.cache_key.to_string()).map_err(db_err)?;
             let still_pending = entry
                 .as_ref()
@@ -69,13 +69,13 @@ impl JobStore for SqliteStore {
 
     async fn job(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
         let id = job_id.to_owned();
-        self.run(move |conn| read_job(conn, &id).map_err(db_err))
+        self.read(move |conn| read_job(conn, &id).map_err(db_err))
             .await
     }
 
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let job = job.clone();
-        self.transact(move |tx| {
+        self.write(move |tx| {
             if !job_is_open(tx, &job.id).map_err(db_err)? {
                 return Ok(false);
             }
@@ -87,7 +87,7 @@ impl JobStore for SqliteStore {
 
     async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError> {
         let job = job.clone();
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let prior = job.attempts.checked_sub(1);
             let current = read_job(tx, &job.id).map_err(db_err)?;
             if !current.is_some_and(|c| !c.status.is_terminal() && Some(c.attempts) == prior) {
@@ -101,7 +101,7 @@ impl JobStore for SqliteStore {
 
     async fn finish_job(&self, job: &Job, ready: Option<&CacheEntry>) -> Result<bool, StoreError> {
         let (job, ready) = (job.clone(), ready.cloned());
-        self.transact(move |tx| {
+        self.write_entry(job.cache_key.to_string(), move |tx| {
             if !job_is_open(tx, &job.id).map_err(db_err)? {
                 return Ok(false);
             }
@@ -130,7 +130,7 @@ impl JobStore for SqliteStore {
 
     async fn followers(&self, leader_id: &str) -> Result<Vec<Job>, StoreError> {
         let leader = leader_id.to_owned();
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE leader = ?1 ORDER BY created_at, id"

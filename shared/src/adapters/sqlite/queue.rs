@@ -31,7 +31,7 @@ impl SqliteStore {
         visibility: std::time::Duration,
         max_receives: u32,
     ) -> Result<Vec<ReceivedMessage>, StoreError> {
-        self.transact(move |tx| {
+        self.write(move |tx| {
             let now = epoch_ms();
             tx.execute(
                 "UPDATE queue SET dead = 1 WHERE dead = 0 AND visible_at <= ?1 AND receive_count >= ?2",
@@ -77,7 +77,7 @@ impl SqliteStore {
 
     /// Deletes a received message: its work is done.
     pub async fn delete_message(&self, receipt: i64) -> Result<(), StoreError> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute("DELETE FROM queue WHERE id = ?1", [receipt])
                 .map_err(db_err)?;
             Ok(())
@@ -87,7 +87,7 @@ impl SqliteStore {
 
     /// Messages waiting (visible or delayed) and dead ones.
     pub async fn queue_depth(&self) -> Result<(u64, u64), StoreError> {
-        self.run(|conn| {
+        self.read(|conn| {
             conn.query_row(
                 "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM queue",
                 [],
@@ -109,7 +109,7 @@ impl JobQueue for SqliteStore {
         let body = serde_json::to_string(message).map_err(|e| QueueError(e.to_string()))?;
         let visible_at =
             epoch_ms() + delay.min(std::time::Duration::from_secs(900)).as_millis() as i64;
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO queue (body, visible_at) VALUES (?1, ?2)",
                 params![body, visible_at],

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 pub(super) fn insert_ledger(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     user_id: &str,
     at: DateTime<Utc>,
     request_id: &str,
@@ -31,7 +31,7 @@ pub(super) fn insert_ledger(
 }
 
 /// Debits `amount` unless it takes the balance below zero; returns the new balance.
-fn debit(tx: &rusqlite::Transaction<'_>, user_id: &str, amount: u64) -> Result<u64, ChargeError> {
+fn debit(tx: &rusqlite::Connection, user_id: &str, amount: u64) -> Result<u64, ChargeError> {
     let amount = amount as i64;
     let updated: Option<i64> = tx
         .prepare_cached(
@@ -64,7 +64,7 @@ fn debit(tx: &rusqlite::Transaction<'_>, user_id: &str, amount: u64) -> Result<u
 }
 
 /// The debit, its ledger line and the hit count of `c`, inside `tx`; returns the new balance.
-pub(super) fn charge_in(tx: &rusqlite::Transaction<'_>, c: &Charge) -> Result<u64, ChargeError> {
+pub(super) fn charge_in(tx: &rusqlite::Connection, c: &Charge) -> Result<u64, ChargeError> {
     let balance = debit(tx, &c.user_id, c.amount)?;
     let key = c.cache_key.to_string();
     let inserted = insert_ledger(
