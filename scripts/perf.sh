@@ -75,6 +75,27 @@ wrk_line() { # name port connections
     printf '| %-8s | %3s | %8s | %9s | %9s | %s |\n' "$1" "$3" "$rps" "$p50" "$p99" "${errors:-0}"
 }
 
+bench_summary() { # report.json
+    python3 - "$1" <<'EOF2'
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency_ms"]["overall"]
+print(f"c={r['concurrency']}: {r['requests']} requests, {r['rps']:.0f} req/s, p50 {l['p50']} ms, "
+      f"p90 {l['p90']} ms, p99 {l['p99']} ms, max {l['max']} ms, hit rate {r['hit_rate']:.4f}, "
+      f"errors {r['errors']}")
+EOF2
+}
+
+echo
+echo "== mediactl bench --hits-only"
+"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests "$HITS" --concurrency 32 \
+    --json > "$OUT/bench-hits-c32.json"
+bench_summary "$OUT/bench-hits-c32.json"
+echo "serve RSS after $HITS hits: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
+"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests 20000 --concurrency 1 \
+    --threads 1 --json > "$OUT/bench-hits-c1.json"
+bench_summary "$OUT/bench-hits-c1.json"
+
 echo
 echo "== wrk -t1 -d$DURATION, the same tts request (all hits), alternated with the ceiling"
 echo "| server   |   c |    req/s |       p50 |       p99 | non-2xx |"
@@ -87,25 +108,8 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-bench_summary() { # report.json
-    python3 - "$1" <<'EOF2'
-import json, sys
-r = json.load(open(sys.argv[1]))
-l = r["latency_ms"]["overall"]
-print(f"c={r['concurrency']}: {r['requests']} requests, {r['rps']:.0f} req/s, p50 {l['p50']} ms, "
-      f"p90 {l['p90']} ms, p99 {l['p99']} ms, max {l['max']} ms, hit rate {r['hit_rate']:.4f}, "
-      f"errors {r['errors']}")
-EOF2
-}
 
-echo "== mediactl bench --hits-only"
-"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests "$HITS" --concurrency 32 \
-    --json > "$OUT/bench-hits-c32.json"
-bench_summary "$OUT/bench-hits-c32.json"
-"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests 20000 --concurrency 1 \
-    --threads 1 --json > "$OUT/bench-hits-c1.json"
-bench_summary "$OUT/bench-hits-c1.json"
-echo "serve RSS after the hits above: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
+echo "serve RSS after the wrk runs too: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
 
 echo
 echo "== mediactl bench: Zipf(1.1), 10,000 requests over 1,000 distinct, c=32"

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 // `serve` answers tens of thousands of requests a second from two threads; glibc's allocator
-// was a tenth of its CPU.
+// was a tenth of its CPU. Without transparent huge pages (`no_thp`): with them each of
+// mimalloc's arenas is backed by 2 MB pages at once, 42 MB resident after 100,000 hits instead
+// of 23 MB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -50,6 +50,9 @@ impl Housekeeping {
     pub(super) fn start(path: &Path, catch_up: Arc<CatchUp>) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        // Checkpoints copy pages from the log to the file; they need no cache of their own.
+        conn.execute_batch("PRAGMA cache_size = -64;")
+            .map_err(db_err)?;
         let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("sqlite-housekeeping".into())

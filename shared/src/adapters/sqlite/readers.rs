@@ -54,6 +54,10 @@ impl ReadPool {
         // A checkpoint that restarts the WAL can hold readers back for a moment.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
+        // The hit path reads from memory; a read connection keeps a small page cache of its own
+        // (SQLite's default is 2 MB per connection).
+        conn.execute_batch("PRAGMA cache_size = -512;")
+            .map_err(db_err)?;
         Ok(conn)
     }
 
