@@ -4,7 +4,7 @@
 #   1. wrk, one thread, the same tts request every time (all hits), at 1 and 32 connections,
 #      against `mediactl serve` and against a trivial axum handler on two workers (the ceiling:
 #      mediactl/examples/ceiling.rs), alternated, ROUNDS times;
-#   2. `mediactl bench --hits-only` against serve (the bench tool's own figures);
+#   2. `mediactl bench --hits-only` against serve and the ceiling (the bench tool's figures);
 #   3. serve's RSS after HITS hits;
 #   4. `mediactl bench` on a Zipf(1.1) workload of 10,000 requests over 1,000 distinct at c=32,
 #      with provider calls read from the simulator and the credits checked against the balance.
@@ -81,20 +81,24 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 l = r["latency_ms"]["overall"]
 print(f"c={r['concurrency']}: {r['requests']} requests, {r['rps']:.0f} req/s, p50 {l['p50']} ms, "
-      f"p90 {l['p90']} ms, p99 {l['p99']} ms, max {l['max']} ms, hit rate {r['hit_rate']:.4f}, "
-      f"errors {r['errors']}")
+      f"p90 {l['p90']} ms, p99 {l['p99']} ms, max {l['max']} ms, errors {r['errors']}")
 EOF2
 }
 
+bench_hits() { # name url requests concurrency threads
+    "$BIN" bench --url "$2" --api-key "$API_KEY" --hits-only --requests "$3" --concurrency "$4" \
+        --threads "$5" --json > "$OUT/bench-$1-c$4.json"
+    printf '%-8s ' "$1"
+    bench_summary "$OUT/bench-$1-c$4.json"
+}
+
 echo
-echo "== mediactl bench --hits-only"
-"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests "$HITS" --concurrency 32 \
-    --json > "$OUT/bench-hits-c32.json"
-bench_summary "$OUT/bench-hits-c32.json"
+echo "== mediactl bench --hits-only, serve and the ceiling"
+bench_hits serve "$URL" "$HITS" 32 2
 echo "serve RSS after $HITS hits: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
-"$BIN" bench --url "$URL" --api-key "$API_KEY" --hits-only --requests 20000 --concurrency 1 \
-    --threads 1 --json > "$OUT/bench-hits-c1.json"
-bench_summary "$OUT/bench-hits-c1.json"
+bench_hits ceiling "http://127.0.0.1:$CEILING_PORT" "$HITS" 32 2
+bench_hits serve "$URL" 20000 1 1
+bench_hits ceiling "http://127.0.0.1:$CEILING_PORT" 20000 1 1
 
 echo
 echo "== wrk -t1 -d$DURATION, the same tts request (all hits), alternated with the ceiling"

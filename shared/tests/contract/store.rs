@@ -321,24 +321,27 @@ pub async fn idempotency_claims_follow_their_lifecycle(store: Arc<dyn Store>) {
 }
 
 pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
-    // 60 charges of a user with 50 credits, mixed with 60 of three users who can pay: stores
-    // that commit concurrent charges together must still refuse each row on its own.
+    // 60 charges of a user with 50 credits, mixed with 12 of three users who can pay: stores
+    // that commit concurrent charges together must still refuse each row on its own. (Kept
+    // small enough for the strict DynamoDB emulator, which serves one request at a time;
+    // tests/api/credits.rs mixes 60 and 60 on the embedded store.)
     let user = create_user(store.as_ref(), 50, t0()).await.unwrap();
     let mut others = Vec::new();
     for _ in 0..3 {
         others.push(create_user(store.as_ref(), 100, t0()).await.unwrap());
     }
     let k = key(9);
-    let tasks: Vec<_> = (0..120)
+    let tasks: Vec<_> = (0..72)
         .map(|i| {
             let store = Arc::clone(&store);
-            let payer = if i % 2 == 0 {
+            let poor = i % 6 != 5;
+            let payer = if poor {
                 &user.user_id
             } else {
-                &others[i % 3].user_id
+                &others[(i / 6) % 3].user_id
             };
             let c = charge(payer, 1, &k);
-            tokio::spawn(async move { (i % 2 == 0, store.charge(&c).await) })
+            tokio::spawn(async move { (poor, store.charge(&c).await) })
         })
         .collect();
     let (mut ok, mut refused, mut others_ok) = (0, 0, 0);
@@ -350,7 +353,7 @@ pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
             (_, result) => panic!("unexpected {result:?}"),
         }
     }
-    assert_eq!((ok, refused, others_ok), (50, 10, 60));
+    assert_eq!((ok, refused, others_ok), (50, 10, 12));
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 0);
     let ledger = store.ledger(&user.user_id, 1000).await.unwrap();
     assert_eq!(
@@ -365,7 +368,7 @@ pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
         let ledger = store.ledger(&other.user_id, 1000).await.unwrap();
         let sum: i64 = ledger.iter().map(|l| l.amount).sum();
         assert_eq!(sum, balance(store.as_ref(), &other.user_id).await as i64);
-        assert_eq!(sum, 80, "100 granted, 20 charges of 1");
+        assert_eq!(sum, 96, "100 granted, 4 charges of 1");
     }
 }
 
