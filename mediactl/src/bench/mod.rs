@@ -445,6 +445,7 @@ fn client_thread(
                 }
                 let last_answer = Instant::now();
                 for p in polls {
+                    // Each poll records its own outcome; this only waits for it to end.
                     let _ = p.await;
                 }
                 last_answer

@@ -11,6 +11,16 @@ fn job_is_open(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
     Ok(read_job(conn, id)?.is_some_and(|j| !j.status.is_terminal()))
 }
 
+/// The entry under `pk`; an unreadable one is treated as missing (it gets overwritten), unless
+/// reading it ended the transaction (SQLite rolls back on I/O errors), when nothing may follow.
+fn readable_entry(tx: &Connection, pk: &str) -> Result<Option<CacheEntry>, StoreError> {
+    match read_entry(tx, pk) {
+        Ok(entry) => Ok(entry),
+        Err(e) if tx.is_autocommit() => Err(db_err(e)),
+        Err(_) => Ok(None),
+    }
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn start_job(
@@ -25,7 +35,7 @@ impl JobStore for SqliteStore {
             let now = job.created_at;
             let pk = pending.cache_key.to_string();
             // An unreadable entry is overwritten, like a missing one.
-            let existing = read_entry(tx, &pk).ok().flatten();
+            let existing = readable_entry(tx, &pk)?;
             let servable = match &existing {
                 Some(e) if e.joinable_job(now).is_some() => {
                     return Ok(JobStart::EntryTaken(Box::new(e.clone())));
@@ -107,7 +117,7 @@ impl JobStore for SqliteStore {
             }
             write_job(tx, &job).map_err(db_err)?;
             let pk = job.cache_key.to_string();
-            let existing = read_entry(tx, &pk).ok().flatten();
+            let existing = readable_entry(tx, &pk)?;
             let ours = existing.as_ref().is_some_and(|e| {
                 e.status == EntryStatus::Pending && e.job_id.as_deref() == Some(&job.id)
             });

@@ -13,6 +13,10 @@ pub(super) fn insert_ledger(
     reason: LedgerReason,
     cache_key: Option<&str>,
 ) -> rusqlite::Result<usize> {
+    if tx.is_autocommit() {
+        // See `debit`: a ledger line must never commit alone.
+        return Err(rusqlite::Error::InvalidQuery);
+    }
     let at = iso(at);
     let sk = format!("LEDGER#{at}#{request_id}#{}", reason.as_str());
     tx.prepare_cached(
@@ -32,6 +36,11 @@ pub(super) fn insert_ledger(
 
 /// Debits `amount` unless it takes the balance below zero; returns the new balance.
 fn debit(tx: &rusqlite::Connection, user_id: &str, amount: u64) -> Result<u64, ChargeError> {
+    if tx.is_autocommit() {
+        // The transaction was ended under us (SQLite rolls back on some errors): a debit here
+        // would commit alone, without its ledger line.
+        return Err(StoreError("the write transaction was lost".into()).into());
+    }
     let amount = amount as i64;
     let updated: Option<i64> = tx
         .prepare_cached(

@@ -124,6 +124,10 @@ fn run(conn: Connection, queue: mpsc::Receiver<Work>, stats: &WriterStats, catch
 }
 
 fn commit_batch(conn: &Connection, batch: Vec<Work>, stats: &WriterStats) {
+    if !conn.is_autocommit() {
+        // A failed ROLLBACK of the last batch left a transaction open: end it before beginning.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let e = db_err(e);
         for work in batch {
@@ -138,21 +142,29 @@ fn commit_batch(conn: &Connection, batch: Vec<Work>, stats: &WriterStats) {
             fail(work, &db_err(e));
             continue;
         }
-        // A panicking write is rolled back and answered with an error (its reply is dropped);
-        // the writer goes on with the others.
+        // In builds that unwind (tests), a panicking write is rolled back and answered with an
+        // error (its reply is dropped) and the writer goes on; release builds abort on panic, and
+        // nothing of the batch was answered yet.
         let ran = catch_unwind(AssertUnwindSafe(|| work(conn)));
-        let kept = matches!(ran, Ok((true, _)));
-        let undone = if kept {
-            exec(conn, "RELEASE write")
+        // SQLite ends the whole transaction itself on some errors (I/O, full disk); statements
+        // after that would each commit alone. Such a batch must not go on.
+        let lost = conn.is_autocommit();
+        let kept = matches!(ran, Ok((true, _))) && !lost;
+        let undone = if lost {
+            Err(StoreError("SQLite ended the write transaction".into()))
+        } else if kept {
+            exec(conn, "RELEASE write").map_err(db_err)
         } else {
-            exec(conn, "ROLLBACK TO write").and_then(|()| exec(conn, "RELEASE write"))
+            exec(conn, "ROLLBACK TO write")
+                .and_then(|()| exec(conn, "RELEASE write"))
+                .map_err(db_err)
         };
         match (ran, undone) {
             (Ok((_, answer)), Ok(())) => answers.push(answer),
             (Err(_), Ok(())) => {}
             (ran, Err(e)) => {
                 // The savepoint is in an unknown state: nothing of this batch may commit.
-                let e = db_err(e);
+                tracing::error!(error = %e, "store write batch abandoned");
                 let _ = conn.execute_batch("ROLLBACK");
                 if let Ok((_, answer)) = ran {
                     answer(Some(&e));
