@@ -2,16 +2,23 @@
 //! - the user of an API key digest: a key is never moved to another user nor deleted, so a
 //!   digest once found stays right (an unknown digest is not remembered: a key can be added
 //!   at any time, also by `mediactl` in another process);
-//! - READY cache entries, until they expire. A READY entry is only ever replaced by a newer
-//!   READY one or left to expire, and the hit count and ledger line of a hit are written by the
-//!   charge itself, so serving from memory keeps both exact. Every write of an entry in this
-//!   process forgets it once committed.
+//! - READY cache entries, for [`ENTRY_LIFETIME`] at most. A READY entry is only ever replaced
+//!   by a newer READY one or left to expire, and the hit count and ledger line of a hit are
+//!   written by the charge itself, so serving from memory keeps both exact. Every write of an
+//!   entry in this process forgets it once committed. The short lifetime bounds what this
+//!   process cannot see: an entry replaced by another process on the same file (`cargo lambda
+//!   watch` runs one per function), and a remembered `hit_count` that missed a hit committed
+//!   while it was read; a hot key is read again once per lifetime, which costs nothing.
 
 use crate::domain::CacheEntry;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a READY entry is served from memory before it is read again.
+const ENTRY_LIFETIME: Duration = Duration::from_secs(2);
 
 /// The most entries of each kind kept; when full, expired entries go first, then everything.
 const CAPACITY: usize = 16_384;
@@ -20,6 +27,7 @@ const CAPACITY: usize = 16_384;
 struct Remembered {
     entry: CacheEntry,
     hits: AtomicU64,
+    until: Instant,
 }
 
 #[derive(Default)]
@@ -47,20 +55,23 @@ impl Memo {
     /// The READY entry remembered under `pk`. The caller checks its expiry on its own clock,
     /// as it does for an entry read from the store.
     pub(super) fn entry(&self, pk: &str) -> Option<CacheEntry> {
-        read(&self.entries).get(pk).map(|r| CacheEntry {
-            hit_count: r.entry.hit_count + r.hits.load(Ordering::Relaxed),
-            ..r.entry.clone()
-        })
+        read(&self.entries)
+            .get(pk)
+            .filter(|r| r.until > Instant::now())
+            .map(|r| CacheEntry {
+                hit_count: r.entry.hit_count + r.hits.load(Ordering::Relaxed),
+                ..r.entry.clone()
+            })
     }
 
     /// Counts a committed hit on `pk`, so a remembered `hit_count` stays the stored one (and a
     /// read that began before this hit is not remembered).
     pub(super) fn count_hit(&self, pk: &str) {
         match read(&self.entries).get(pk) {
-            Some(r) => {
+            Some(r) if r.until > Instant::now() => {
                 r.hits.fetch_add(1, Ordering::Relaxed);
             }
-            None => {
+            _ => {
                 self.entry_writes.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -72,8 +83,8 @@ impl Memo {
     }
 
     /// Keeps a servable entry read from the store, unless an entry was written or a hit counted
-    /// since the read began (`writes_before`), or the entry is already remembered (with hits
-    /// counted since).
+    /// since the read began (`writes_before`), or the entry is already remembered and live
+    /// (with hits counted since).
     pub(super) fn remember_entry(
         &self,
         entry: &CacheEntry,
@@ -85,7 +96,8 @@ impl Memo {
         }
         let mut entries = write(&self.entries);
         let pk = entry.cache_key.to_string();
-        if self.entry_writes.load(Ordering::Acquire) != writes_before || entries.contains_key(&pk) {
+        let live = entries.get(&pk).is_some_and(|r| r.until > Instant::now());
+        if self.entry_writes.load(Ordering::Acquire) != writes_before || live {
             return;
         }
         if entries.len() >= CAPACITY {
@@ -97,6 +109,7 @@ impl Memo {
         let remembered = Remembered {
             entry: entry.clone(),
             hits: AtomicU64::new(0),
+            until: Instant::now() + ENTRY_LIFETIME,
         };
         entries.insert(pk, Arc::new(remembered));
     }
