@@ -95,6 +95,7 @@ async fn next(State(stub): State<Stub>) -> Response {
         }
     };
     if let Some(over) = over.as_mut() {
+        // Only waits for the run to end (a closed channel ends it too).
         let _ = over.wait_for(|over| *over).await;
         return StatusCode::GONE.into_response();
     }
@@ -283,6 +284,7 @@ fn drain(
     tokio::spawn(async move {
         let mut out = Vec::new();
         if let Some(mut pipe) = pipe {
+            // The function's output, shown only when it fails: what could be read is enough.
             let _ = pipe.read_to_end(&mut out).await;
         }
         out
@@ -352,6 +354,7 @@ async fn run_once(
         }
     }
     .await;
+    // The measurement is taken; the process is only stopped (it may have exited already).
     let _ = child.start_kill();
     let _ = child.wait().await;
     let _ = over_tx.send(true);
