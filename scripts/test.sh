@@ -17,6 +17,13 @@ if ! "$VENV/bin/python" -c "import moto, cfnlint, flask, openai" 2>/dev/null; th
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 
+# The dashboard is checked in a real browser (mediactl/tests/observe.rs): Debian's Chromium.
+if [ ! -x /usr/bin/chromium ]; then
+    echo "== installing chromium (headless, for the dashboard test)"
+    apt-get install -y --no-install-recommends chromium >/dev/null ||
+        { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

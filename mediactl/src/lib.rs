@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod logs;
+pub mod observe;
 pub mod serve;
+pub mod stats;
 
 pub use serve::{ServeConfig, ServeError, Server};

@@ -55,9 +55,22 @@ enum Command {
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Show what the cache saved: per media type, hits, hit rate, credits charged and saved,
+    /// provider calls avoided, entries live, and the keys with the most hits (from the ledger).
+    Stats(StatsArgs),
     /// Load-test the API (`serve` or a deployed stack) and report throughput, latency, hit rate
     /// and credits saved.
     Bench(Box<BenchArgs>),
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    /// Only ledger lines from then on: an RFC 3339 time or an age (90m, 24h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -257,6 +270,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, *args).await,
         Command::Bench(args) => bench(*args).await,
+        Command::Stats(args) => stats(&cli.data_dir, cli.table.as_deref(), args).await,
         Command::Users(UsersCommand::Create { credits, api_key }) => {
             let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
             let store = store.as_ref();
@@ -409,6 +423,82 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
     shutdown_signal().await;
     println!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+async fn stats(
+    data_dir: &std::path::Path,
+    table: Option<&str>,
+    args: StatsArgs,
+) -> Result<(), String> {
+    use media_cache::ports::UsageScan;
+    use mediactl::stats;
+    use std::io::IsTerminal;
+    let now = chrono::Utc::now();
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| stats::parse_since(s, now))
+        .transpose()?;
+    let bar = indicatif::ProgressBar::hidden();
+    let (store, source): (Box<dyn UsageScan>, String) = match table {
+        Some(table) => {
+            let sdk = media_cache::lambda::sdk_config().await;
+            let store = DynamoStore::from_sdk(&sdk, table, "");
+            let (items, bytes) = store
+                .table_size()
+                .await
+                .map_err(|e| format!("{table}: {e}"))?;
+            let (units, usd) = stats::scan_estimate(bytes);
+            // A scan reads the whole table, whatever --since says: say what it costs first.
+            eprintln!(
+                "scanning {table}: about {items} items, {:.1} MB (as DynamoDB last counted them), \
+                 about {units:.0} read units, ${usd:.6} on demand",
+                bytes as f64 / 1e6
+            );
+            if std::io::stderr().is_terminal() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(items);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {pos}/{len} items read {msg}",
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+            }
+            (Box::new(store), format!("dynamodb:{table}"))
+        }
+        None => {
+            let file = data_dir.join("media.db");
+            if !file.exists() {
+                return Err(format!(
+                    "no store at {} (give --data-dir, or --table for a deployed stack)",
+                    file.display()
+                ));
+            }
+            let store = open_store(data_dir).map_err(|e| e.to_string())?;
+            (Box::new(store), format!("sqlite:{}", file.display()))
+        }
+    };
+    let records = store
+        .usage_records(&|read| {
+            bar.set_position(read.items);
+            bar.set_message(format!("({:.1} read units)", read.capacity_units));
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let report = media_cache::domain::usage::UsageReport::of(&records, since, now, &source);
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{json}");
+        // What the scan cost, beside the report (the table shows it in its last line).
+        if let Some(read) = &report.read {
+            eprintln!("{}", stats::describe_read(read));
+        }
+    } else {
+        print!("{}", stats::render(&report));
+    }
     Ok(())
 }
 

@@ -270,12 +270,19 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         service,
         url_ttl: chrono::Duration::from_std(config.url_ttl).unwrap_or(chrono::Duration::hours(1)),
     })
-    .merge(objects_router(objects, clock));
+    .merge(objects_router(objects, Arc::clone(&clock)))
+    .merge(crate::observe::router(
+        store.clone(),
+        format!("sqlite:{}", config.data_dir.join("media.db").display()),
+        clock,
+    ));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = rx.await;
         };
+        // The peer address lets the dashboard answer loopback clients only.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

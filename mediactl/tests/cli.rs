@@ -85,3 +85,57 @@ fn mistakes_get_clear_errors() {
     assert!(!short.status.success());
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 16"));
 }
+
+#[test]
+fn stats_on_a_table_say_what_the_scan_reads_and_costs() {
+    let table = std::env::var("MEDIA_TEST_TABLE").expect(
+        "MEDIA_TEST_TABLE is not set: run ./scripts/test.sh, which starts the AWS emulator",
+    );
+    // At least one item to read, whatever ran before.
+    mediactl(&[
+        "--table".into(),
+        table.clone(),
+        "users".into(),
+        "create".into(),
+    ]);
+    let out = Command::new(env!("CARGO_BIN_EXE_mediactl"))
+        .args(["--table", &table, "stats", "--json", "--since", "24h"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("scanning {table}: about")) && err.contains("read units"),
+        "the estimate comes first: {err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], format!("dynamodb:{table}"));
+    assert!(report["since"].is_string());
+    let read = &report["read"];
+    assert!(read["items"].as_u64().unwrap() >= 1, "{read}");
+    assert!(read["pages"].as_u64().unwrap() >= 1, "{read}");
+    assert!(read["capacity_units"].as_f64().unwrap() > 0.0, "{read}");
+    assert_eq!(report["media_types"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn stats_refuse_a_missing_store_and_a_bad_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mediactl"))
+            .args(["--data-dir", dir.path().to_str().unwrap(), "stats"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let missing = run(&[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at"));
+    assert!(
+        !dir.path().join("media.db").exists(),
+        "a report creates nothing"
+    );
+    let bad = run(&["--since", "last tuesday"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since `last tuesday`"));
+}

@@ -6,67 +6,19 @@ use media_cache::adapters::sqlite::SqliteStore;
 use media_cache::domain::{CacheKey, LedgerReason};
 use media_cache::ports::{AccountStore, LookupStore};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const CREDITS: u64 = 1_000_000;
+mod support;
+
+use support::{CREDITS, serve};
+
 const BODY: &str = r#"{"text": "killed mid-flight"}"#;
-
-struct Serve {
-    child: Child,
-    url: String,
-    api_key: String,
-    user_id: String,
-}
-
-/// `mediactl serve` on a free port over `data_dir`, with a dev user of `CREDITS`.
-fn serve(data_dir: &std::path::Path) -> Serve {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mediactl"))
-        .args(["--data-dir", &data_dir.display().to_string(), "serve"])
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--dev-credits",
-            &CREDITS.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut api_key, mut user_id) = (None, None, None);
-    while url.is_none() || api_key.is_none() || user_id.is_none() {
-        let line = lines
-            .next()
-            .expect("serve printed its address and key")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("media cache API listening on ") {
-            url = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.strip_prefix("API key (shown once): ") {
-            api_key = Some(rest.trim().to_owned());
-        }
-        if let Some(rest) = line.strip_prefix("created dev user ") {
-            user_id = rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    // Keep reading so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Serve {
-        child,
-        url: url.unwrap(),
-        api_key: api_key.unwrap(),
-        user_id: user_id.unwrap(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_loses_no_acknowledged_hit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = serve(dir.path());
+    let mut server = serve(dir.path(), &[]);
     let http = reqwest::Client::new();
     let tts = format!("{}/api/v1/media/tts", server.url);
     let send = |http: &reqwest::Client| {

@@ -577,13 +577,32 @@ fn init_logging() {
         .init();
 }
 
-/// Runs an HTTP function: reads the environment, builds everything once, serves events.
+/// Installs the function's metrics recorder: embedded-metric-format documents in namespace
+/// `MediaCache`, each metric with the dimension `function` (the short name: `tts`, ...,
+/// `completion`) and its labels as further dimensions. The runtime's layer writes them to
+/// stdout after every invocation, with the logs; nothing is sent over the network.
+pub fn metrics_recorder(
+    function: &'static str,
+) -> Result<&'static metrics_cloudwatch_embedded::Collector, StartupError> {
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(crate::telemetry::NAMESPACE)
+        .with_dimension("function", function)
+        .with_lambda_request_id("RequestId")
+        .init()
+        .map_err(|e| StartupError(format!("metrics recorder: {e}")))?;
+    crate::telemetry::describe();
+    Ok(collector)
+}
+
+/// Runs an HTTP function: reads the environment, builds everything once, serves events (each
+/// invocation's metrics flushed after it).
 pub async fn run(function: Function) -> Result<(), lambda_http::Error> {
     init_logging();
     let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
+    let metrics = metrics_recorder(function.name())?;
     let sdk = sdk_config().await;
     let app = app(&config, &sdk, function).await?;
-    lambda_http::run(app).await
+    metrics_cloudwatch_embedded::lambda::service::run_http(metrics, app).await
 }
 
 /// The completion step over one SQS batch: every message through `MediaService::process_job`,
@@ -624,15 +643,18 @@ pub async fn run_completion() -> Result<(), lambda_runtime::Error> {
     init_logging();
     let config = LambdaConfig::from_vars(|name| std::env::var(name).ok())?;
     let sdk = sdk_config().await;
+    let metrics = metrics_recorder("completion")?;
     let (service, _) = service(&config, &sdk, Role::Completion).await?;
-    lambda_runtime::run(lambda_runtime::service_fn(
+    metrics_cloudwatch_embedded::lambda::service::run(
+        metrics,
+        lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<SqsEvent>| {
             let service = Arc::clone(&service);
             async move {
                 Ok::<_, lambda_runtime::Error>(complete_batch(&service, event.payload).await)
             }
-        },
-    ))
+        }),
+    )
     .await
 }
 

@@ -9,5 +9,6 @@ pub mod http;
 pub mod lambda;
 pub mod ports;
 pub mod service;
+pub mod telemetry;
 
 pub use clock::{Clock, ManualClock, SystemClock};

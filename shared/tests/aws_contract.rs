@@ -22,13 +22,14 @@ mod dynamodb {
         env("AWS_ENDPOINT_URL");
         let sdk = media_cache::lambda::sdk_config().await;
         let client = aws_sdk_dynamodb::Client::new(&sdk);
-        let store = DynamoStore::new(
+        let store = Arc::new(DynamoStore::new(
             client.clone(),
             env("MEDIA_TEST_TABLE"),
             "s3://contract-bucket/",
-        );
+        ));
         StoreHarness {
-            store: Arc::new(store),
+            store: store.clone(),
+            usage: store,
             // A READY item without its result keys and with a created_at that is no time.
             corrupt: Box::new(move |key| {
                 let client = client.clone();

@@ -12,9 +12,10 @@ mod sqlite {
         // A file, not memory: the same WAL and locking path `mediactl serve` uses.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("contract.db");
-        let store = SqliteStore::open(&path).unwrap();
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
         StoreHarness {
-            store: Arc::new(store),
+            store: store.clone(),
+            usage: store,
             // A READY row whose result keys are not JSON, written by another connection.
             corrupt: Box::new(move |key| {
                 let path = path.clone();

@@ -127,6 +127,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// How long it ran: from its start to its last change.
+    pub fn ran_for(&self) -> Option<std::time::Duration> {
+        (self.updated_at - self.created_at).to_std().ok()
+    }
+
     /// When the record may be deleted.
     pub fn expires_at(&self) -> DateTime<Utc> {
         self.created_at + JOB_TTL

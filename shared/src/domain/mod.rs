@@ -11,6 +11,7 @@ pub mod pricing;
 pub mod records;
 pub mod text;
 pub mod tts;
+pub mod usage;
 pub mod video;
 
 pub use cache_key::{CacheKey, MediaType, NormalizedMedia};

@@ -30,6 +30,11 @@ pub enum HttpError {
     BadSignature,
 }
 
+/// The stable code of an error answer, left on the response for the layers around the handler
+/// (metrics count errors by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer carrying the request's id.
 #[derive(Debug)]
 pub struct ApiError {
@@ -174,6 +179,7 @@ impl IntoResponse for ApiError {
             body["error"]["param"] = json!(v.field);
         }
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
             headers.insert("x-request-id", v);

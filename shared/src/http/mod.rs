@@ -6,14 +6,15 @@ pub mod error;
 pub mod objects;
 mod openai_compat;
 
-pub use error::{ApiError, HttpError};
+pub use error::{ApiError, ErrorCode, HttpError};
 
-use crate::domain::JobStatus;
+use crate::domain::{JobStatus, MediaType};
 use crate::service::accounts::generate_request_id;
 use crate::service::{
-    Answer, CacheControl, CallContext, CallbackOutcome, Generation, JobTicket, MediaRequest,
-    MediaService, Prefer, ServiceError,
+    Answer, CacheControl, CacheOutcome, CallContext, CallbackOutcome, Generation, JobTicket,
+    MediaRequest, MediaService, Prefer, ServiceError,
 };
+use crate::telemetry;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -90,20 +91,54 @@ impl Function {
 
     fn routes(self) -> Router<AppState> {
         match self {
-            Function::Tts => Router::new()
-                .route("/api/v1/media/tts", post(tts))
-                .route("/v1/audio/speech", post(openai_compat::speech)),
-            Function::Image => Router::new()
-                .route("/api/v1/media/image", post(image))
-                .route("/v1/images/generations", post(openai_compat::images)),
-            Function::Music => Router::new().route("/api/v1/media/music", post(music)),
-            Function::Video => Router::new().route("/api/v1/media/video", post(video)),
+            Function::Tts => counted(
+                MediaType::Tts,
+                Router::new()
+                    .route("/api/v1/media/tts", post(tts))
+                    .route("/v1/audio/speech", post(openai_compat::speech)),
+            ),
+            Function::Image => counted(
+                MediaType::Image,
+                Router::new()
+                    .route("/api/v1/media/image", post(image))
+                    .route("/v1/images/generations", post(openai_compat::images)),
+            ),
+            Function::Music => counted(
+                MediaType::Music,
+                Router::new().route("/api/v1/media/music", post(music)),
+            ),
+            Function::Video => counted(
+                MediaType::Video,
+                Router::new().route("/api/v1/media/video", post(video)),
+            ),
             Function::Jobs => Router::new()
                 .route("/api/v1/media/jobs/{id}", get(job))
                 .route("/api/v1/credits", get(credits))
                 .route("/api/v1/callbacks/{provider}/{token}", post(callback)),
         }
     }
+}
+
+/// Counts the answers of a media type's routes by outcome: the outcome an answer carries (see
+/// `with_cache_headers`) or the code of an error. A replayed answer carries none and is not
+/// counted again.
+fn counted(media_type: MediaType, routes: Router<AppState>) -> Router<AppState> {
+    routes.route_layer(axum::middleware::map_response_with_state(
+        media_type,
+        count_answer,
+    ))
+}
+
+async fn count_answer(State(media_type): State<MediaType>, response: Response) -> Response {
+    let extensions = response.extensions();
+    if let Some(outcome) = extensions.get::<telemetry::Outcome>() {
+        telemetry::request(media_type, *outcome, None);
+    } else if let Some(ErrorCode(code)) = extensions.get::<ErrorCode>() {
+        telemetry::request(media_type, telemetry::Outcome::Error, Some(code));
+    } else if response.status().is_client_error() || response.status().is_server_error() {
+        telemetry::request(media_type, telemetry::Outcome::Error, Some("http_error"));
+    }
+    response
 }
 
 /// Every route of the API (what `mediactl serve` runs).
@@ -427,7 +462,7 @@ async fn presign_keys(
 
 /// What the cache and credit headers say.
 struct CacheHeaders<'a> {
-    outcome: &'a str,
+    outcome: CacheOutcome,
     cache_key: &'a str,
     credits_charged: u64,
     credits_remaining: u64,
@@ -437,7 +472,7 @@ struct CacheHeaders<'a> {
 impl<'a> From<&'a Generation> for CacheHeaders<'a> {
     fn from(g: &'a Generation) -> Self {
         Self {
-            outcome: g.outcome.as_str(),
+            outcome: g.outcome,
             cache_key: &g.cache_key,
             credits_charged: g.credits_charged,
             credits_remaining: g.credits_remaining,
@@ -449,7 +484,7 @@ impl<'a> From<&'a Generation> for CacheHeaders<'a> {
 impl<'a> From<&'a JobTicket> for CacheHeaders<'a> {
     fn from(t: &'a JobTicket) -> Self {
         Self {
-            outcome: t.outcome.as_str(),
+            outcome: t.outcome,
             cache_key: &t.cache_key,
             credits_charged: t.credits_charged,
             credits_remaining: t.credits_remaining,
@@ -465,7 +500,15 @@ fn with_cache_headers<'a>(
     answer: impl Into<CacheHeaders<'a>>,
 ) -> Response {
     let h = answer.into();
-    set_header(&mut response, "x-cache", h.outcome);
+    if !h.replayed {
+        response.extensions_mut().insert(match h.outcome {
+            CacheOutcome::Hit => telemetry::Outcome::Hit,
+            CacheOutcome::Miss => telemetry::Outcome::Miss,
+            CacheOutcome::Bypass => telemetry::Outcome::Bypass,
+            CacheOutcome::Coalesced => telemetry::Outcome::Coalesced,
+        });
+    }
+    set_header(&mut response, "x-cache", h.outcome.as_str());
     set_header(&mut response, "x-cache-key", h.cache_key);
     set_header(
         &mut response,

@@ -1,5 +1,6 @@
 //! The store: one trait per operation group, so each caller asks only for what it needs.
 
+use crate::domain::usage::{ReadCost, UsageRecords};
 use crate::domain::{
     Account, CacheEntry, CacheKey, Charge, ClaimOutcome, IdempotencyClaim, Job, LedgerLine, Refund,
     UserId,
@@ -175,6 +176,18 @@ pub trait JobStore: Send + Sync {
 
     /// The jobs that joined `leader_id`'s task.
     async fn followers(&self, leader_id: &str) -> Result<Vec<Job>, StoreError>;
+}
+
+/// Reads the whole store for usage reports (`mediactl stats`, the dashboard): an operator's
+/// tool, never on a request path.
+#[async_trait]
+pub trait UsageScan: Send + Sync {
+    /// Every ledger line, cache entry and job, with what reading them cost; `progress` hears the
+    /// running total after each page.
+    async fn usage_records(
+        &self,
+        progress: &(dyn Fn(ReadCost) + Send + Sync),
+    ) -> Result<UsageRecords, StoreError>;
 }
 
 /// Everything the application needs from a store.

@@ -15,6 +15,7 @@ use crate::domain::{
 use crate::ports::{
     JobQueue, MusicProvider, ProviderError, TaskProvider, TaskState, VideoProvider,
 };
+use crate::telemetry;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -214,6 +215,7 @@ impl MediaService {
         let callback = parts
             .callbacks
             .url(&job.provider, &leader.id, call.origin.as_deref());
+        let started = std::time::Instant::now();
         let submitted = match &job.generator {
             Generator::Music(req) => parts.music_provider()?.submit_music(req, &callback).await,
             Generator::Video(req) => parts.video_provider()?.submit_video(req, &callback).await,
@@ -221,6 +223,7 @@ impl MediaService {
                 message: "speech and images are not jobs".into(),
             }),
         };
+        telemetry::provider_call(&job.provider, &submitted, started.elapsed());
         let task = match submitted {
             Ok(task) => task,
             Err(e) => {
@@ -544,6 +547,7 @@ impl MediaService {
         // both a result and a refund.
         if self.store.finish_job(&job, ready.as_ref()).await? {
             tracing::info!(job_id = %job.id, media_type = %job.media_type, attempts = job.attempts, "job completed");
+            telemetry::job(job.media_type, "completed", job.ran_for());
         } else {
             // Finished meanwhile by another delivery: what is stored is the outcome.
             let stored = self
@@ -586,6 +590,8 @@ impl MediaService {
             if let Some(stored) = self.store.job(&job.id).await? {
                 return self.settle_followers(&stored).await;
             }
+        } else {
+            telemetry::job(job.media_type, "failed", job.ran_for());
         }
         self.settle_followers(&job).await
     }
@@ -624,6 +630,14 @@ impl MediaService {
                 ..follower
             };
             self.store.update_job(&settled).await?;
+            if settled.status == JobStatus::Completed {
+                // A join saves its owner the generation once its result is delivered.
+                telemetry::saved(
+                    settled.media_type,
+                    leader.credits_charged,
+                    settled.credits_charged,
+                );
+            }
         }
         Ok(())
     }

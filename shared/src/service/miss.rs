@@ -13,6 +13,7 @@ use super::{
 use crate::domain::LedgerReason;
 use crate::domain::{CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus};
 use crate::ports::{JobStart, Lookup, ProviderError};
+use crate::telemetry;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -181,6 +182,9 @@ impl MediaService {
                 .await?;
             match started {
                 JobStart::Started { balance } => {
+                    let media_type = job.cache_key.media_type();
+                    telemetry::charged(media_type, job.price);
+                    telemetry::job(media_type, "started", None);
                     return self.lead(call, leader, &job, balance, inline, budget).await;
                 }
                 JobStart::EntryTaken(entry) => {
@@ -209,11 +213,11 @@ impl MediaService {
         let price = self.pricing.hit(job.price);
         follower.credits_charged = price;
         let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen_balance, now);
-        Ok(self
-            .store
-            .join_job(&follower, &charge)
-            .await?
-            .map(|remaining| (follower, remaining)))
+        let joined = self.store.join_job(&follower, &charge).await?;
+        if joined.is_some() {
+            telemetry::charged(job.cache_key.media_type(), price);
+        }
+        Ok(joined.map(|remaining| (follower, remaining)))
     }
 
     /// A request waits within its wait budget on the job that produces its result (a

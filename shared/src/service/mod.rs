@@ -22,6 +22,7 @@ use crate::domain::{
     TtsRequest, VideoRequest, api_key_digest,
 };
 use crate::ports::{ImageProvider, Lookup, ObjectStore, ProviderError, SpeechProvider, Store};
+use crate::telemetry;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -472,13 +473,24 @@ impl MediaService {
         deadline: tokio::time::Instant,
     ) -> Result<Vec<GeneratedMedia>, ProviderError> {
         let deadline = deadline.into_std();
-        let media = match generator {
-            Generator::Speech(req) => self.speech.synthesize(req, deadline).await.map(|m| vec![m]),
-            Generator::Image(req) => self.images.generate(req, deadline).await,
-            Generator::Music(_) | Generator::Video(_) => Err(ProviderError::BadResponse {
-                message: "music and video are generated as provider tasks".into(),
-            }),
-        }?;
+        let started = std::time::Instant::now();
+        let (provider, media) = match generator {
+            Generator::Speech(req) => (
+                self.speech.name(),
+                self.speech.synthesize(req, deadline).await.map(|m| vec![m]),
+            ),
+            Generator::Image(req) => (
+                self.images.name(),
+                self.images.generate(req, deadline).await,
+            ),
+            Generator::Music(_) | Generator::Video(_) => {
+                return Err(ProviderError::BadResponse {
+                    message: "music and video are generated as provider tasks".into(),
+                });
+            }
+        };
+        telemetry::provider_call(provider, &media, started.elapsed());
+        let media = media?;
         if media.is_empty() {
             return Err(ProviderError::BadResponse {
                 message: "no media in the answer".into(),
@@ -512,9 +524,12 @@ impl MediaService {
                 ..charge
             })
             .await?;
+        let media_type = job.cache_key.media_type();
+        telemetry::charged(media_type, price);
+        telemetry::saved(media_type, entry.credits_used, price);
         Ok(Generation {
             id: call.request_id.clone(),
-            media_type: job.cache_key.media_type(),
+            media_type,
             cache_key: job.cache_key.to_string(),
             outcome: CacheOutcome::Hit,
             object_keys: entry.result_keys,
@@ -568,11 +583,15 @@ impl MediaService {
             cache_key: cache_key.clone(),
             at: self.clock.now(),
         };
-        self.store.refund(&refund).await.map(|_| ()).map_err(|e| {
+        let applied = self.store.refund(&refund).await.map_err(|e| {
             // Left for reconciliation: the charge line without a refund line shows it.
             tracing::error!(request_id, user_id, amount, error = %e, "refund failed");
             ServiceError::from(e)
-        })
+        })?;
+        if applied.is_some() {
+            telemetry::refunded(cache_key.media_type(), amount);
+        }
+        Ok(())
     }
 }
 

@@ -1,11 +1,11 @@
 //! Contract suites that every adapter of a port must pass. `store_contract!` and
-//! `object_contract!` stamp out one test per case for a given adapter factory.
-
-#![allow(dead_code)]
+//! `object_contract!` stamp out one test per case for a given adapter factory. A case must be
+//! registered in its suite macro: one written but never run is a dead-code warning.
 
 pub mod objects;
 pub mod queue;
 pub mod store;
+pub mod usage;
 
 /// Declares the store contract tests for an adapter: `store_contract!(factory_expr)` where the
 /// expression is an async block evaluating to a `contract::store::StoreHarness`.
@@ -41,6 +41,12 @@ macro_rules! store_contract {
             a_no_cache_start_leaves_the_ready_entry_until_its_result_replaces_it,
             a_result_never_replaces_another_jobs_live_claim,
         );
+        $crate::store_contract!(@usage_cases $factory;
+            usage_records_hold_every_ledger_line_with_its_user,
+            usage_records_hold_every_entry_and_job,
+            usage_records_read_every_page_and_report_progress_after_each,
+            a_usage_report_of_the_records_nets_refunds_and_prices_hits_by_their_entry,
+        );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
         $(
@@ -57,6 +63,15 @@ macro_rules! store_contract {
             async fn $case() {
                 let harness = $factory.await;
                 $crate::contract::store::$case(harness).await;
+            }
+        )+
+    };
+    (@usage_cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::usage::$case(harness).await;
             }
         )+
     };

@@ -5,7 +5,7 @@ use media_cache::domain::{
     CacheEntry, CacheKey, Charge, ClaimOutcome, EntryStatus, IDEMPOTENCY_LEASE, IDEMPOTENCY_TTL,
     IdempotencyClaim, Job, JobFailure, JobStatus, LedgerReason, MediaType, Refund, api_key_digest,
 };
-use media_cache::ports::{ChargeError, JobStart, Store};
+use media_cache::ports::{ChargeError, JobStart, Store, UsageScan};
 use media_cache::service::accounts::{create_user, generate_request_id};
 use serde_json::json;
 use std::sync::Arc;
@@ -22,24 +22,26 @@ pub type Corrupt = Box<
 pub struct StoreHarness {
     /// The adapter under test.
     pub store: Arc<dyn Store>,
+    /// The same adapter, as the usage scan (an operator's port, outside `Store`).
+    pub usage: Arc<dyn UsageScan>,
     /// Breaks an entry in the adapter's own storage.
     pub corrupt: Corrupt,
     /// Dropped after the test.
     pub _guard: Box<dyn std::any::Any + Send>,
 }
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
 }
 
-fn key(n: u32) -> CacheKey {
+pub(super) fn key(n: u32) -> CacheKey {
     CacheKey::of(
         MediaType::Tts,
         &json!({"n": n, "nonce": generate_request_id()}),
     )
 }
 
-fn entry(cache_key: &CacheKey) -> CacheEntry {
+pub(super) fn entry(cache_key: &CacheKey) -> CacheEntry {
     CacheEntry {
         cache_key: cache_key.clone(),
         status: EntryStatus::Ready,
@@ -57,7 +59,7 @@ fn entry(cache_key: &CacheKey) -> CacheEntry {
     }
 }
 
-fn charge(user: &str, amount: u64, cache_key: &CacheKey) -> Charge {
+pub(super) fn charge(user: &str, amount: u64, cache_key: &CacheKey) -> Charge {
     Charge {
         user_id: user.into(),
         amount,
@@ -447,11 +449,11 @@ pub async fn charges_report_the_true_balance_even_after_a_stale_read(store: Arc<
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 5);
 }
 
-fn video_key() -> CacheKey {
+pub(super) fn video_key() -> CacheKey {
     CacheKey::of(MediaType::Video, &json!({"nonce": generate_request_id()}))
 }
 
-fn job(owner: &str, cache_key: &CacheKey, leader: Option<&str>, charged: u64) -> Job {
+pub(super) fn job(owner: &str, cache_key: &CacheKey, leader: Option<&str>, charged: u64) -> Job {
     let id = format!("job_{}", generate_request_id());
     Job {
         id,
@@ -477,7 +479,7 @@ fn job(owner: &str, cache_key: &CacheKey, leader: Option<&str>, charged: u64) ->
     }
 }
 
-fn pending(job: &Job) -> CacheEntry {
+pub(super) fn pending(job: &Job) -> CacheEntry {
     CacheEntry {
         cache_key: job.cache_key.clone(),
         status: EntryStatus::Pending,
@@ -495,7 +497,7 @@ fn pending(job: &Job) -> CacheEntry {
     }
 }
 
-fn job_charge(job: &Job, reason: LedgerReason) -> Charge {
+pub(super) fn job_charge(job: &Job, reason: LedgerReason) -> Charge {
     Charge {
         user_id: job.owner.clone(),
         amount: job.credits_charged,
@@ -516,7 +518,7 @@ async fn entry_of(store: &dyn Store, cache_key: &CacheKey) -> Option<CacheEntry>
         .entry
 }
 
-async fn start(store: &dyn Store, leader: &Job, replace_ready: bool) -> JobStart {
+pub(super) async fn start(store: &dyn Store, leader: &Job, replace_ready: bool) -> JobStart {
     store
         .start_job(
             leader,

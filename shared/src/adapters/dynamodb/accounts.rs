@@ -1,4 +1,4 @@
-use super::item::ledger_item;
+use super::item::{ledger_item, parse_ledger_line};
 use super::tx::{TransactFailure, transact};
 use super::{DynamoStore, build_err, get_n, get_s, iso, key, n, s, store_err, user_pk};
 use crate::domain::{Account, LedgerLine, LedgerReason};
@@ -98,19 +98,8 @@ impl AccountStore for DynamoStore {
                 .await
                 .map_err(store_err)?;
             for item in out.items() {
-                let line = (|| {
-                    Some(LedgerLine {
-                        user_id: user_id.to_owned(),
-                        at: DateTime::parse_from_rfc3339(get_s(item, "at")?)
-                            .ok()?
-                            .with_timezone(&Utc),
-                        request_id: get_s(item, "request_id")?.to_owned(),
-                        amount: get_n(item, "amount")?,
-                        reason: LedgerReason::parse(get_s(item, "reason")?)?,
-                        cache_key: get_s(item, "cache_key").map(str::to_owned),
-                    })
-                })()
-                .ok_or_else(|| StoreError(format!("unreadable ledger line of {user_id}")))?;
+                let line = parse_ledger_line(user_id, item)
+                    .ok_or_else(|| StoreError(format!("unreadable ledger line of {user_id}")))?;
                 lines.push(line);
                 if lines.len() == limit {
                     return Ok(lines);

@@ -25,13 +25,13 @@ impl CreditStore for DynamoStore {
             .expression_attribute_values(":n", n(1));
         let (charged, counted) = tokio::join!(
             self.charge_alone(charge),
-            retrying(|| count.clone().send(), contended)
+            retrying("write", || count.clone().send(), contended)
         );
         match (&charged, counted) {
             (Err(_), Ok(_)) => {
                 // Not charged, so not a hit: take the count back (off the served path).
                 let undo = count.expression_attribute_values(":n", n(-1));
-                if let Err(e) = retrying(|| undo.clone().send(), contended).await {
+                if let Err(e) = retrying("write", || undo.clone().send(), contended).await {
                     tracing::warn!(cache_key = %charge.cache_key, error = %store_err(e), "hit count left one too high");
                 }
             }

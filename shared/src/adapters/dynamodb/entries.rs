@@ -12,7 +12,7 @@ impl CacheStore for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(self.entry_item(entry)));
-        retrying(|| put.clone().send(), contended)
+        retrying("write", || put.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())

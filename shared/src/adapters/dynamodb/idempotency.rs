@@ -37,7 +37,7 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_values(":pending", s("pending"))
             .expression_attribute_values(":fp", s(&c.fingerprint))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let result = retrying(|| put.clone().send(), contended).await;
+        let result = retrying("write", || put.clone().send(), contended).await;
         let old = match result {
             Ok(_) => return Ok(ClaimOutcome::Claimed),
             Err(e) => match e.as_service_error() {
@@ -94,7 +94,7 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":answer", s(answer))
             .expression_attribute_values(":ttl", n((now + IDEMPOTENCY_TTL).timestamp()));
-        retrying(|| update.clone().send(), contended)
+        retrying("write", || update.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())
@@ -109,7 +109,7 @@ impl IdempotencyStore for DynamoStore {
             .condition_expression("#state = :pending")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":pending", s("pending"));
-        let result = retrying(|| delete.clone().send(), contended).await;
+        let result = retrying("write", || delete.clone().send(), contended).await;
         match result {
             Ok(_) => Ok(()),
             Err(e)

@@ -1,6 +1,7 @@
 use super::{DynamoStore, Item, get_n, get_s, iso, key, n, s, user_pk};
 use crate::domain::{
-    CacheEntry, CacheKey, EntryStatus, Job, JobFailure, JobStatus, LedgerReason, MediaType,
+    CacheEntry, CacheKey, EntryStatus, Job, JobFailure, JobStatus, LedgerLine, LedgerReason,
+    MediaType,
 };
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -205,4 +206,18 @@ pub(super) fn unchanged(
         values.insert(format!(":u{i}"), value.clone());
     }
     (clauses.join(" AND "), names, values)
+}
+
+/// Reads a ledger item of `user_id`; None when it is not of the expected shape.
+pub(super) fn parse_ledger_line(user_id: &str, item: &Item) -> Option<LedgerLine> {
+    Some(LedgerLine {
+        user_id: user_id.to_owned(),
+        at: DateTime::parse_from_rfc3339(get_s(item, "at")?)
+            .ok()?
+            .with_timezone(&Utc),
+        request_id: get_s(item, "request_id")?.to_owned(),
+        amount: get_n(item, "amount")?,
+        reason: LedgerReason::parse(get_s(item, "reason")?)?,
+        cache_key: get_s(item, "cache_key").map(str::to_owned),
+    })
 }

@@ -47,7 +47,7 @@ impl DynamoStore {
             .condition_expression(condition)
             .set_expression_attribute_names(put.expression_attribute_names().cloned())
             .set_expression_attribute_values(Some(values));
-        let result = retrying(|| request.clone().send(), contended).await;
+        let result = retrying("write", || request.clone().send(), contended).await;
         match result {
             Ok(_) => Ok(true),
             Err(e)

@@ -23,6 +23,7 @@ mod item;
 mod jobs;
 mod lookup;
 mod tx;
+mod usage;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -111,10 +112,27 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(PK)");
-        retrying(|| put.clone().send(), contended)
+        retrying("write", || put.clone().send(), contended)
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    /// The table's item count and size as DynamoDB last published them (about every six
+    /// hours): what a full scan will read, known before scanning.
+    pub async fn table_size(&self) -> Result<(u64, u64), StoreError> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(store_err)?;
+        let table = out.table();
+        Ok((
+            table.and_then(|t| t.item_count()).unwrap_or(0).max(0) as u64,
+            table.and_then(|t| t.table_size_bytes()).unwrap_or(0).max(0) as u64,
+        ))
     }
 
     /// Writes sent again after contention by every store of this process so far.

@@ -49,6 +49,7 @@ fn retry_pause(attempt: u32) -> Duration {
 /// Sends a request again while `contended` says the failure was contention, for at most
 /// `RETRY_BUDGET`. Each try is the same request, so a write applies at most once.
 pub(super) async fn retrying<T, E, Fut>(
+    operation: &'static str,
     mut send: impl FnMut() -> Fut,
     contended: impl Fn(&E) -> bool,
 ) -> Result<T, E>
@@ -61,6 +62,7 @@ where
         match send().await {
             Err(e) if contended(&e) && started.elapsed() < RETRY_BUDGET => {
                 CONTENTION_RETRIES.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::store_retry(operation);
                 tokio::time::sleep(retry_pause(attempt)).await;
                 attempt += 1;
             }
@@ -215,6 +217,7 @@ pub(super) async fn transact(
         .set_transact_items(Some(items))
         .client_request_token(token);
     let result = retrying(
+        "transaction",
         || request.clone().send(),
         |e: &SdkError<TransactWriteItemsError, _>| match e.as_service_error() {
             Some(TransactWriteItemsError::TransactionCanceledException(cancel)) => {

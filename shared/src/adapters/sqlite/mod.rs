@@ -24,6 +24,7 @@ mod queue;
 mod readers;
 mod schema;
 mod tx;
+mod usage;
 mod writer;
 
 pub use queue::ReceivedMessage;

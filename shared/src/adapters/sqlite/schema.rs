@@ -89,34 +89,40 @@ CREATE INDEX IF NOT EXISTS queue_visible ON queue (dead, visible_at);
 /// Schema version 2 added jobs, the queue and the pending columns of cache entries.
 pub(super) const SCHEMA_VERSION: i64 = 2;
 
+/// The columns `entry_from_row` reads, in its order.
+pub(super) const ENTRY_COLUMNS: &str = "pk, status, result_keys, content_type, provider, model,
+    credits_used, created_at, hit_count, ttl, request_params, job_id, lease_until";
+
 pub(super) fn read_entry(conn: &Connection, pk: &str) -> rusqlite::Result<Option<CacheEntry>> {
-    conn.prepare_cached(
-        "SELECT status, result_keys, content_type, provider, model, credits_used, created_at,
-                hit_count, ttl, request_params, job_id, lease_until
-         FROM cache_entries WHERE pk = ?1",
-    )?
-    .query_row([pk], |row| {
-        let status: String = row.get(0)?;
-        let keys: String = row.get(1)?;
-        let created_at: String = row.get(6)?;
-        let corrupt = || rusqlite::Error::InvalidQuery;
-        Ok(CacheEntry {
-            cache_key: CacheKey::parse(pk).ok_or_else(corrupt)?,
-            status: EntryStatus::parse(&status).ok_or_else(corrupt)?,
-            result_keys: serde_json::from_str(&keys).map_err(|_| corrupt())?,
-            content_type: row.get(2)?,
-            provider: row.get(3)?,
-            model: row.get(4)?,
-            credits_used: row.get::<_, i64>(5)? as u64,
-            created_at: parse_iso(&created_at)?,
-            hit_count: row.get::<_, i64>(7)? as u64,
-            expires_at: from_epoch(row.get(8)?),
-            request_params: row.get(9)?,
-            job_id: row.get(10)?,
-            lease_until: row.get::<_, Option<i64>>(11)?.map(from_epoch),
-        })
-    })
+    conn.prepare_cached(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM cache_entries WHERE pk = ?1"
+    ))?
+    .query_row([pk], entry_from_row)
     .optional()
+}
+
+/// An entry from a row of `ENTRY_COLUMNS`.
+pub(super) fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CacheEntry> {
+    let pk: String = row.get(0)?;
+    let status: String = row.get(1)?;
+    let keys: String = row.get(2)?;
+    let created_at: String = row.get(7)?;
+    let corrupt = || rusqlite::Error::InvalidQuery;
+    Ok(CacheEntry {
+        cache_key: CacheKey::parse(&pk).ok_or_else(corrupt)?,
+        status: EntryStatus::parse(&status).ok_or_else(corrupt)?,
+        result_keys: serde_json::from_str(&keys).map_err(|_| corrupt())?,
+        content_type: row.get(3)?,
+        provider: row.get(4)?,
+        model: row.get(5)?,
+        credits_used: row.get::<_, i64>(6)? as u64,
+        created_at: parse_iso(&created_at)?,
+        hit_count: row.get::<_, i64>(8)? as u64,
+        expires_at: from_epoch(row.get(9)?),
+        request_params: row.get(10)?,
+        job_id: row.get(11)?,
+        lease_until: row.get::<_, Option<i64>>(12)?.map(from_epoch),
+    })
 }
 
 pub(super) fn write_entry(conn: &Connection, e: &CacheEntry) -> rusqlite::Result<()> {
