@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, the SAM template lint, and every test of the workspace,
-# with the AWS adapters tested against a local AWS emulator (moto server, strict about DynamoDB
-# transaction conflicts: see scripts/moto_server.py) that this script installs into .venv, starts
-# on a free loopback port and stops whatever happens.
+# The whole test suite: formatting, lints, the SAM template lint, the OpenAPI document's validation,
+# and every test of the workspace, with the AWS adapters tested against a local AWS emulator (moto
+# server, strict about DynamoDB transaction conflicts: see scripts/moto_server.py) that this script
+# installs into .venv, starts on a free loopback port and stops whatever happens; then schemathesis
+# against `mediactl serve` (scripts/schemathesis.sh).
 #
-#     scripts/test.sh            every test
+#     scripts/test.sh            every test, then schemathesis, the OpenAI SDK against `serve`
+#                                (scripts/openai_sdk_check.sh) and the README's "Run a function
+#                                locally" with cargo-lambda (scripts/lambda_local_check.sh)
 #     scripts/test.sh FILTER     only the tests whose name contains FILTER (cargo test -- FILTER),
-#                                after the same formatting and lint checks
+#                                after the same formatting and lint checks; none of those three
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
-if ! "$VENV/bin/python" -c "import moto, cfnlint, flask, openai" 2>/dev/null; then
-    echo "== installing the AWS emulator and cfn-lint into $VENV"
+if ! "$VENV/bin/python" -c "import moto, cfnlint, flask, openai, openapi_spec_validator, schemathesis" 2>/dev/null ||
+    [ ! -x "$VENV/bin/cargo-lambda" ]; then
+    echo "== installing the test tools (AWS emulator, cfn-lint, schemathesis...) into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -30,6 +34,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cfn-lint template.yaml"
 "$VENV/bin/cfn-lint" template.yaml
+echo "== openapi-spec-validator openapi.yaml"
+"$VENV/bin/openapi-spec-validator" openapi.yaml
 
 PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
@@ -62,5 +68,51 @@ count() {
     sed -nE "s/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\\$1/p" target/test-output.log |
         awk '{ s += $1 } END { print s + 0 }'
 }
-echo "tests: $(count 1) passed, $(count 2) failed"
+passed=$(count 1)
+failed=$(count 2)
+
+# The contract from outside: schemathesis drives `mediactl serve` (the binary the tests just
+# built) from openapi.yaml and checks its answers against it. Full runs only; it counts as one
+# test in the closing line.
+if ((! $#)); then
+    echo "== schemathesis: openapi.yaml against mediactl serve"
+    if scripts/schemathesis.sh target/debug/mediactl; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        status=1
+    fi
+fi
+
+# Checks with real clients that end with "NAME: N passed, N failed": their counts join the closing
+# line (a check that stopped before its count is one failure).
+run_check() {
+    local name=$1 title=$2
+    shift 2
+    echo "== $title"
+    set +e
+    "$@" 2>&1 | tee "target/$name.log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local line
+    line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed$" "target/$name.log" | tail -1) || true
+    local p=0 f=1
+    if [ -n "$line" ]; then
+        p=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$line")
+        f=$(sed -E 's/.* ([0-9]+) failed/\1/' <<<"$line")
+    fi
+    if ((rc != 0)); then
+        status=1
+        ((f > 0)) || f=1
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+if ((! $#)); then
+    run_check openai-sdk "the official OpenAI SDK against mediactl serve's drop-ins" \
+        timeout -k 30 600 scripts/openai_sdk_check.sh target/debug/mediactl
+    run_check lambda-local "README: run a function locally (cargo lambda watch, invoke, mediactl worker)" \
+        timeout -k 60 1800 scripts/lambda_local_check.sh
+fi
+echo "tests: $passed passed, $failed failed"
 exit "$status"

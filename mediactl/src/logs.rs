@@ -59,6 +59,30 @@ impl BufferedStdout {
     }
 }
 
+/// Sends this process's logs (`serve`'s, `worker`'s) through a [`BufferedStdout`]: compact lines
+/// (coloured on a terminal) or JSON, filtered by `RUST_LOG` (info by default). Keep the guard
+/// until `main` returns.
+pub fn init(json: bool) -> std::io::Result<FlushOnDrop> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (logs, flush_on_drop) = BufferedStdout::start()?;
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(logs)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .compact()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .with_writer(logs)
+            .init();
+    }
+    Ok(flush_on_drop)
+}
+
 fn flush_loop(shared: &Shared) {
     let mut out = Vec::new();
     loop {

@@ -2,13 +2,14 @@
 
 use clap::{Parser, Subcommand};
 use media_cache::adapters::dynamodb::DynamoStore;
-use media_cache::adapters::kling::KlingAuth;
 use media_cache::clock::{Clock, SystemClock};
-use media_cache::ports::AccountStore;
+use media_cache::domain::{CacheKey, MediaType};
+use media_cache::ports::{PurgeFilter, Store};
 use media_cache::service::accounts::{
     add_key, create_user, create_user_with_key, generate_request_id, statement,
 };
-use mediactl::serve::{ServeConfig, open_store, start};
+use mediactl::providers::ProviderArgs;
+use mediactl::serve::{ServeConfig, open_store, start, start_worker};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,12 +50,21 @@ struct Cli {
 enum Command {
     /// Run the whole API in this process (embedded store, local files, provider simulator).
     Serve(Box<ServeArgs>),
+    /// Run only `serve`'s job worker, on the data directory's queue (for functions run locally).
+    ///
+    /// It completes the jobs that functions under `cargo lambda watch` on the embedded store
+    /// queue there. Give it the providers the functions call (the same flags and variables as
+    /// `serve`): a task is known only to the provider it was submitted to.
+    Worker(Box<WorkerArgs>),
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
     /// Manage credits.
     #[command(subcommand)]
     Credits(CreditsCommand),
+    /// Manage cached results.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Show what the cache saved: per media type, hits, hit rate, credits charged and saved,
     /// provider calls avoided, entries live, and the keys with the most hits (from the ledger).
     Stats(StatsArgs),
@@ -133,19 +143,6 @@ struct ServeArgs {
     /// Base URL of result links, if clients reach the server under another name.
     #[arg(long, env = "MEDIACTL_PUBLIC_URL")]
     public_url: Option<String>,
-    /// Use the real OpenAI API with this key instead of the simulator.
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
-    openai_api_key: Option<String>,
-    /// OpenAI base URL (used with a key).
-    #[arg(
-        long,
-        env = "OPENAI_BASE_URL",
-        default_value = "https://api.openai.com"
-    )]
-    openai_base_url: String,
-    /// Address of the built-in simulator (port 0: any free port).
-    #[arg(long, env = "MEDIACTL_SIM_ADDR", default_value = "127.0.0.1:0")]
-    sim_addr: SocketAddr,
     /// A pricing file (TOML, the shape of shared/pricing.toml) replacing the defaults.
     #[arg(long, env = "MEDIACTL_PRICING")]
     pricing: Option<PathBuf>,
@@ -155,41 +152,9 @@ struct ServeArgs {
     /// Credits of the dev user created on first start.
     #[arg(long, env = "MEDIACTL_DEV_CREDITS", default_value_t = 1000)]
     dev_credits: u64,
-    /// Timeout of one provider attempt, in seconds.
-    #[arg(long, env = "MEDIACTL_PROVIDER_TIMEOUT_SECS", default_value_t = 120)]
-    provider_timeout_secs: u64,
     /// Write logs as JSON lines.
     #[arg(long, env = "MEDIACTL_JSON_LOGS")]
     json_logs: bool,
-    /// Use the real Suno API with this key instead of the simulator.
-    #[arg(long, env = "SUNO_API_KEY", hide_env_values = true)]
-    suno_api_key: Option<String>,
-    /// Suno base URL (used with a key).
-    #[arg(long, env = "SUNO_BASE_URL", default_value = "https://api.sunoapi.org")]
-    suno_base_url: String,
-    /// Use the real Kling API with this API key instead of the simulator.
-    #[arg(long, env = "KLING_API_KEY", hide_env_values = true)]
-    kling_api_key: Option<String>,
-    /// Kling access key (with --kling-secret-key: JWT auth instead of an API key).
-    #[arg(long, env = "KLING_ACCESS_KEY")]
-    kling_access_key: Option<String>,
-    /// Kling secret key.
-    #[arg(long, env = "KLING_SECRET_KEY", hide_env_values = true)]
-    kling_secret_key: Option<String>,
-    /// Kling base URL (used with credentials).
-    #[arg(
-        long,
-        env = "KLING_BASE_URL",
-        default_value = "https://api-singapore.klingai.com"
-    )]
-    kling_base_url: String,
-    /// How long the simulator's music and video tasks take, in milliseconds.
-    #[arg(long, env = "MEDIACTL_SIM_TASK_MS", default_value_t = 3000)]
-    sim_task_ms: u64,
-    /// How long the simulator takes to answer speech and image requests, in milliseconds (to
-    /// see a request answer 202 at its budget).
-    #[arg(long, env = "MEDIACTL_SIM_LATENCY_MS", default_value_t = 0)]
-    sim_latency_ms: u64,
     /// How long a request may take, in milliseconds, before it answers 202 with its job (the
     /// worker finishes it).
     #[arg(long, env = "MEDIACTL_REQUEST_BUDGET_MS", default_value_t = 25_000)]
@@ -202,6 +167,21 @@ struct ServeArgs {
         default_value = "image:gpt-image-1:high"
     )]
     async_models: String,
+    /// Make every cache entry private to the account that asked for it (as if every request
+    /// said `Cache-Control: private`): no sharing, and no savings, across accounts.
+    #[arg(long, env = "MEDIACTL_PRIVATE_CACHE")]
+    private_cache: bool,
+    #[command(flatten)]
+    providers: ProviderArgs,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Write logs as JSON lines.
+    #[arg(long, env = "MEDIACTL_JSON_LOGS")]
+    json_logs: bool,
+    #[command(flatten)]
+    providers: ProviderArgs,
 }
 
 #[derive(Subcommand)]
@@ -215,11 +195,46 @@ enum UsersCommand {
         /// files in events/ carry). At least 16 characters.
         #[arg(long)]
         api_key: Option<String>,
+        /// Make the key an admin key (it may purge cached results: `DELETE /api/v1/cache/{key}`).
+        #[arg(long)]
+        admin: bool,
     },
     /// Print a new API key for an existing user.
     AddKey {
         /// The user id (usr_...).
         user: String,
+    },
+    /// Set or remove a user's daily spend limit (credits per UTC day; over it, requests are
+    /// refused with 429 until 00:00 UTC).
+    Limit {
+        /// The user id (usr_...).
+        user: String,
+        /// Credits the user may spend per UTC day.
+        #[arg(long, required_unless_present = "none", conflicts_with = "none")]
+        daily: Option<u64>,
+        /// Remove the limit.
+        #[arg(long)]
+        none: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Delete cached results: the next request for each is a miss. Results still being
+    /// generated are not purged. Give a key, or any of media type, age and account.
+    Purge {
+        /// One entry: `CACHE#{type}#{hash}` (the `X-Cache-Key` of its answers).
+        #[arg(long, conflicts_with_all = ["media_type", "older_than", "account"])]
+        key: Option<String>,
+        /// Entries of this media type (tts, image, music, video).
+        #[arg(long)]
+        media_type: Option<String>,
+        /// Entries made longer ago than this (e.g. 90m, 24h, 7d) or before a time (RFC 3339).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// The private entries of this account (usr_...).
+        #[arg(long)]
+        account: Option<String>,
     },
 }
 
@@ -255,7 +270,7 @@ async fn main() -> ExitCode {
 async fn admin_store(
     data_dir: &std::path::Path,
     table: Option<&str>,
-) -> Result<Arc<dyn AccountStore>, String> {
+) -> Result<Arc<dyn Store>, String> {
     match table {
         Some(table) => {
             let sdk = media_cache::lambda::sdk_config().await;
@@ -269,9 +284,60 @@ async fn run(cli: Cli) -> Result<(), String> {
     let clock = SystemClock;
     match cli.command {
         Command::Serve(args) => serve(cli.data_dir, *args).await,
+        Command::Worker(args) => worker(cli.data_dir, *args).await,
         Command::Bench(args) => bench(*args).await,
         Command::Stats(args) => stats(&cli.data_dir, cli.table.as_deref(), args).await,
-        Command::Users(UsersCommand::Create { credits, api_key }) => {
+        Command::Cache(CacheCommand::Purge {
+            key,
+            media_type,
+            older_than,
+            account,
+        }) => {
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let purged = match key {
+                Some(key) => {
+                    let key = CacheKey::parse(&key).ok_or_else(|| {
+                        format!("--key `{key}` is not a CACHE#{{type}}#{{hash}} key")
+                    })?;
+                    u64::from(store.purge_entry(&key).await.map_err(|e| e.to_string())?)
+                }
+                None => {
+                    let filter = PurgeFilter {
+                        media_type: media_type
+                            .map(|t| {
+                                MediaType::parse(&t).ok_or_else(|| {
+                                    format!("--media-type `{t}`: one of tts, image, music, video")
+                                })
+                            })
+                            .transpose()?,
+                        created_before: older_than
+                            .map(|age| {
+                                mediactl::stats::parse_since(&age, clock.now())
+                                    .map_err(|e| e.replace("--since", "--older-than"))
+                            })
+                            .transpose()?,
+                        owner: account,
+                    };
+                    if filter == PurgeFilter::default() {
+                        return Err(
+                            "say what to purge: --key, or --media-type, --older-than, --account"
+                                .into(),
+                        );
+                    }
+                    store
+                        .purge_entries(&filter)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            println!("purged {purged} cached results");
+            Ok(())
+        }
+        Command::Users(UsersCommand::Create {
+            credits,
+            api_key,
+            admin,
+        }) => {
             let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
             let store = store.as_ref();
             let created = match api_key {
@@ -282,9 +348,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 None => create_user(store, credits, clock.now()).await,
             };
             let user = created.map_err(|e| e.to_string())?;
+            if admin {
+                store
+                    .make_admin(&media_cache::domain::api_key_digest(&user.api_key))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             println!(
-                "user_id: {}\napi_key: {}\ncredits: {}",
-                user.user_id, user.api_key, user.credits
+                "user_id: {}\napi_key: {}\ncredits: {}{}",
+                user.user_id,
+                user.api_key,
+                user.credits,
+                if admin { "\nadmin: true" } else { "" }
             );
             Ok(())
         }
@@ -295,6 +370,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("{user}: {e}"))?;
             println!("api_key: {key}");
+            Ok(())
+        }
+        Command::Users(UsersCommand::Limit { user, daily, none }) => {
+            let store = admin_store(&cli.data_dir, cli.table.as_deref()).await?;
+            let limit = if none { None } else { daily };
+            store
+                .set_daily_limit(&user, limit)
+                .await
+                .map_err(|e| format!("{user}: {e}"))?;
+            match limit {
+                Some(limit) => println!("daily limit of {user}: {limit} credits per UTC day"),
+                None => println!("daily limit of {user}: none"),
+            }
             Ok(())
         }
         Command::Credits(CreditsCommand::Grant { user, amount }) => {
@@ -320,6 +408,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "{}: {} credits remaining, {} used",
                 s.account.user_id, s.account.credits_remaining, s.account.credits_used
             );
+            let spent = s.account.spend.spent_on(clock.now());
+            match s.account.spend.limit {
+                Some(limit) => println!(
+                    "daily limit: {limit} credits per UTC day, {spent} spent today (resets at 00:00 UTC)"
+                ),
+                None => println!("daily limit: none, {spent} spent today"),
+            }
             for line in s.ledger {
                 println!(
                     "  {}  {:>+6}  {:<6}  {}",
@@ -335,62 +430,23 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // One log line per request: lines are buffered and written out by a thread of their own.
-    let (logs, _flush_on_exit) =
-        mediactl::logs::BufferedStdout::start().map_err(|e| format!("log output: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if args.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(logs)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .compact()
-            .with_ansi(ansi)
-            .with_env_filter(filter)
-            .with_writer(logs)
-            .init();
-    }
-    let config = ServeConfig {
+    let _flush_on_exit =
+        mediactl::logs::init(args.json_logs).map_err(|e| format!("log output: {e}"))?;
+    let config = args.providers.apply(ServeConfig {
         addr: args.addr,
         data_dir: data_dir.clone(),
         public_url: args.public_url,
-        openai_api_key: args.openai_api_key.filter(|k| !k.is_empty()),
-        openai_base_url: args.openai_base_url,
-        sim_addr: args.sim_addr,
         pricing_file: args.pricing,
         url_ttl: Duration::from_secs(args.url_ttl_secs),
         dev_credits: args.dev_credits,
-        provider_timeout: Duration::from_secs(args.provider_timeout_secs),
-        suno: args.suno_api_key.map(|key| (args.suno_base_url, key)),
-        kling: match (
-            args.kling_api_key,
-            args.kling_access_key,
-            args.kling_secret_key,
-        ) {
-            (Some(key), _, _) => Some((args.kling_base_url, KlingAuth::ApiKey(key))),
-            (None, Some(access_key), Some(secret_key)) => Some((
-                args.kling_base_url,
-                KlingAuth::AccessKey {
-                    access_key,
-                    secret_key,
-                },
-            )),
-            _ => None,
-        },
-        sim_task_duration: Duration::from_millis(args.sim_task_ms),
-        sim_latency: Duration::from_millis(args.sim_latency_ms),
         miss_policy: media_cache::service::MissPolicy {
             request_budget: Duration::from_millis(args.request_budget_ms),
             async_models: media_cache::service::MissPolicy::parse_async_models(&args.async_models),
             ..Default::default()
         },
+        private_entries: args.private_cache,
         ..ServeConfig::default()
-    };
+    });
     let server = start(config, Arc::new(SystemClock))
         .await
         .map_err(|e| e.to_string())?;
@@ -423,6 +479,43 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), String> {
     shutdown_signal().await;
     println!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+async fn worker(data_dir: PathBuf, args: WorkerArgs) -> Result<(), String> {
+    let _flush_on_exit =
+        mediactl::logs::init(args.json_logs).map_err(|e| format!("log output: {e}"))?;
+    let config = args.providers.apply(ServeConfig {
+        data_dir: data_dir.clone(),
+        ..ServeConfig::default()
+    });
+    let worker = start_worker(config, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("media cache worker: completing the jobs queued in the data directory");
+    println!("data directory: {}", data_dir.display());
+    if let Some(sim) = &worker.sim {
+        println!(
+            "started the built-in simulator at {} for the providers not configured",
+            sim.base_url
+        );
+    }
+    let providers: Vec<String> = worker
+        .providers
+        .iter()
+        .map(|(name, url)| format!("{name} at {url}"))
+        .collect();
+    println!("providers: {}", providers.join(", "));
+    if worker.sim.is_some() {
+        println!(
+            "(a task is only known to the provider it was submitted to: give the worker the \
+             OPENAI_*, SUNO_* and KLING_* settings the functions have)"
+        );
+    }
+    println!("Ctrl-C stops it");
+    shutdown_signal().await;
+    println!("shutting down");
+    worker.shutdown().await;
     Ok(())
 }
 

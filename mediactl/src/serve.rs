@@ -1,4 +1,5 @@
-//! `mediactl serve`: wires the embedded adapters to the shared application and runs it.
+//! `mediactl serve`: wires the embedded adapters to the shared application and runs it; and
+//! `mediactl worker`: the same wiring's completion worker alone, on a data directory's queue.
 
 use axum::Router;
 use media_cache::adapters::download::DownloadPolicy;
@@ -64,6 +65,11 @@ pub struct ServeConfig {
     /// Each request's budget (answered with a job when it runs out), the settlement margin,
     /// the worker's budget and the slow models that go to the worker at once.
     pub miss_policy: MissPolicy,
+    /// Every cache entry private to its account (no sharing across accounts).
+    pub private_entries: bool,
+    /// `host[:port]` whose results may be downloaded over plain http or from a private address
+    /// (a simulator this process did not start); the built-in simulator always may.
+    pub download_allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -91,6 +97,8 @@ impl Default for ServeConfig {
             },
             worker_idle: Duration::from_millis(250),
             miss_policy: MissPolicy::default(),
+            private_entries: false,
+            download_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -153,8 +161,28 @@ pub fn open_store(data_dir: &Path) -> Result<SqliteStore, ServeError> {
     Ok(SqliteStore::open(&data_dir.join("media.db"))?)
 }
 
-/// Starts the API (and the simulator unless an OpenAI key is set) on `clock`.
-pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
+/// What `serve` and `worker` run on, built one way for both: the data directory's store and
+/// objects, the provider simulator when a provider is not configured, the provider clients and
+/// the service wired to them.
+pub struct Engine {
+    /// The data directory's store (and job queue).
+    pub store: SqliteStore,
+    /// The data directory's media files.
+    pub objects: FsObjectStore,
+    /// The simulator, when a provider is not configured.
+    pub sim: Option<SimHandle>,
+    /// The service.
+    pub service: Arc<MediaService>,
+    /// Each provider's name and the base URL it is called at.
+    pub providers: Vec<(&'static str, String)>,
+}
+
+/// Builds the [`Engine`] of `config`; result and callback URLs are made on `public_url`.
+pub async fn engine(
+    config: &ServeConfig,
+    public_url: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Engine, ServeError> {
     let store = open_store(&config.data_dir)?;
     let pricing = match &config.pricing_file {
         Some(path) => PriceTable::from_toml(
@@ -162,18 +190,6 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         )?,
         None => PriceTable::default(),
     };
-
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|e| io_err(&format!("cannot listen on {}", config.addr), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| io_err("local address", e))?;
-    let base_url = format!("http://{local}");
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| base_url.clone());
 
     let needs_sim =
         config.openai_api_key.is_none() || config.suno.is_none() || config.kling.is_none();
@@ -206,11 +222,18 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         .kling
         .clone()
         .unwrap_or_else(|| (sim_url.clone(), KlingAuth::ApiKey("sim-key".into())));
+    let providers = vec![
+        ("OpenAI", openai.base_url.clone()),
+        ("Suno", suno_url.clone()),
+        ("Kling", kling_url.clone()),
+    ];
     // Results come over https from public addresses only; the local simulator is the one
-    // exception (plain http on loopback).
+    // exception (plain http on loopback), with the hosts the configuration names.
     let download = DownloadPolicy::allowing(
         sim.as_ref()
-            .and_then(|s| DownloadPolicy::host_of(&s.base_url)),
+            .and_then(|s| DownloadPolicy::host_of(&s.base_url))
+            .into_iter()
+            .chain(config.download_allowed_hosts.iter().cloned()),
     );
     let suno = SunoClient::new(SunoConfig {
         download: download.clone(),
@@ -230,14 +253,15 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
 
     let objects = FsObjectStore::new(
         config.data_dir.join("objects"),
-        &public_url,
+        public_url,
         UrlSigner::from_dir(&config.data_dir).map_err(|e| ServeError::Io(e.0))?,
     );
     let signer = UrlSigner::from_dir(&config.data_dir).map_err(|e| ServeError::Io(e.0))?;
     let jobs = JobParts {
         queue: Arc::new(store.clone()),
-        // The URL-signing key also signs callbacks (the message says what it signs).
-        callbacks: CallbackSigner::new(signer.key().to_vec(), &public_url),
+        // The URL-signing key also signs callbacks (the message says what it signs), as it does
+        // for the functions on the embedded store.
+        callbacks: CallbackSigner::new(signer.key().to_vec(), public_url),
         policy: config.job_policy,
         miss: config.miss_policy.clone(),
         music: Some(Arc::new(suno)),
@@ -250,10 +274,40 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
             openai.clone(),
             openai,
             pricing,
-            Arc::clone(&clock),
+            clock,
         )
-        .with_jobs(jobs),
+        .with_jobs(jobs)
+        .with_private_entries(config.private_entries),
     );
+    Ok(Engine {
+        store,
+        objects,
+        sim,
+        service,
+        providers,
+    })
+}
+
+/// Starts the API (and the simulator unless every provider is configured) on `clock`.
+pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server, ServeError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| io_err(&format!("cannot listen on {}", config.addr), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| io_err("local address", e))?;
+    let base_url = format!("http://{local}");
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| base_url.clone());
+    let Engine {
+        store,
+        objects,
+        sim,
+        service,
+        providers: _,
+    } = engine(&config, &public_url, Arc::clone(&clock)).await?;
 
     let dev_user = if store.user_count().await? == 0 {
         Some(create_user(&store, config.dev_credits, clock.now()).await?)
@@ -298,6 +352,45 @@ pub async fn start(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Server,
         shutdown: Some(tx),
         task,
         worker,
+    })
+}
+
+/// The completion worker running alone (`mediactl worker`).
+pub struct Worker {
+    /// The simulator, when a provider is not configured.
+    pub sim: Option<SimHandle>,
+    /// Each provider's name and the base URL it is called at.
+    pub providers: Vec<(&'static str, String)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Stops the worker. A message interrupted mid-work is delivered again after its visibility
+    /// timeout: completion is idempotent.
+    pub async fn shutdown(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the completion step `serve` runs, alone, on the data directory's queue: for the jobs
+/// that other processes (functions under `cargo lambda watch` on the embedded store) queue there.
+/// It must call the providers they called: a task is only known to the provider it was
+/// submitted to.
+pub async fn start_worker(
+    config: ServeConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Worker, ServeError> {
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.addr));
+    let engine = engine(&config, &public_url, clock).await?;
+    let task = tokio::spawn(run_worker(engine.store, engine.service, config.worker_idle));
+    Ok(Worker {
+        sim: engine.sim,
+        providers: engine.providers,
+        task,
     })
 }
 

@@ -54,6 +54,58 @@ fn admin_commands_work_on_a_dynamodb_table() {
     round_trip(&["--table", &table]);
 }
 
+/// Sets a user's daily limit, reads it back through `credits show`, and removes it.
+fn limit_round_trip(location: &[&str]) {
+    let args = |rest: &[&str]| -> Vec<String> {
+        location.iter().chain(rest).map(|a| a.to_string()).collect()
+    };
+    let created = mediactl(&args(&["users", "create", "--credits", "7"]));
+    let user = field(&created, "user_id").to_owned();
+    let shown = mediactl(&args(&["credits", "show", &user]));
+    assert!(shown.contains("daily limit: none"), "{shown}");
+    let set = mediactl(&args(&["users", "limit", &user, "--daily", "25"]));
+    assert!(set.contains("25 credits per UTC day"), "{set}");
+    let shown = mediactl(&args(&["credits", "show", &user]));
+    assert!(
+        shown.contains("daily limit: 25 credits per UTC day, 0 spent today"),
+        "{shown}"
+    );
+    mediactl(&args(&["users", "limit", &user, "--none"]));
+    let shown = mediactl(&args(&["credits", "show", &user]));
+    assert!(shown.contains("daily limit: none"), "{shown}");
+}
+
+#[test]
+fn daily_limits_are_set_and_removed_on_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = ["--data-dir", dir.path().to_str().unwrap()];
+    limit_round_trip(&location);
+    // A limit needs a number or --none, for a user that exists.
+    for (rest, says) in [
+        (
+            vec!["users", "limit", "usr_nobody", "--daily", "5"],
+            "usr_nobody: unknown user",
+        ),
+        (vec!["users", "limit", "usr_nobody"], "--daily"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mediactl"))
+            .args(location.iter().chain(&rest))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn daily_limits_are_set_and_removed_on_a_dynamodb_table() {
+    let table = std::env::var("MEDIA_TEST_TABLE").expect(
+        "MEDIA_TEST_TABLE is not set: run ./scripts/test.sh, which starts the AWS emulator",
+    );
+    limit_round_trip(&["--table", &table]);
+}
+
 #[test]
 fn mistakes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,4 +190,76 @@ fn stats_refuse_a_missing_store_and_a_bad_since() {
     let bad = run(&["--since", "last tuesday"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since `last tuesday`"));
+}
+
+#[tokio::test]
+async fn cache_purge_deletes_what_it_is_told_and_refuses_to_guess() {
+    use media_cache::adapters::sqlite::SqliteStore;
+    use media_cache::domain::{CacheEntry, CacheKey, EntryStatus, MediaType};
+    use media_cache::ports::{CacheStore, LookupStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let now = chrono::Utc::now();
+    let ready = |text: &str, age_hours: i64| CacheEntry {
+        cache_key: CacheKey::of(MediaType::Tts, &serde_json::json!({ "text": text })),
+        status: EntryStatus::Ready,
+        result_keys: vec!["tts/a.mp3".into()],
+        content_type: "audio/mpeg".into(),
+        provider: "openai".into(),
+        model: "tts-1".into(),
+        credits_used: 2,
+        created_at: now - chrono::Duration::hours(age_hours),
+        hit_count: 0,
+        expires_at: now + chrono::Duration::days(7),
+        request_params: "{}".into(),
+        job_id: None,
+        lease_until: None,
+    };
+    let (old, young) = (ready("old", 30), ready("young", 1));
+    {
+        let store = SqliteStore::open(&dir.path().join("media.db")).unwrap();
+        store.put_entry(&old).await.unwrap();
+        store.put_entry(&young).await.unwrap();
+    }
+    let purge = |args: &[&str]| {
+        let mut all = vec!["--data-dir".to_string(), data_dir.clone()];
+        all.extend(["cache", "purge"].iter().chain(args).map(|a| a.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_mediactl"))
+            .args(all)
+            .output()
+            .unwrap()
+    };
+    let nothing = purge(&[]);
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("say what to purge"));
+
+    let by_age = purge(&["--media-type", "tts", "--older-than", "24h"]);
+    assert!(by_age.status.success(), "{by_age:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&by_age.stdout).trim(),
+        "purged 1 cached results"
+    );
+    let by_key = purge(&["--key", &young.cache_key.to_string()]);
+    assert_eq!(
+        String::from_utf8_lossy(&by_key.stdout).trim(),
+        "purged 1 cached results"
+    );
+    let store = SqliteStore::open(&dir.path().join("media.db")).unwrap();
+    for gone in [&old, &young] {
+        let found = store.lookup("-", Some(&gone.cache_key)).await.unwrap();
+        assert!(found.entry.is_none(), "{} purged", gone.cache_key);
+    }
+
+    let admin = mediactl(&[
+        "--data-dir".into(),
+        data_dir.clone(),
+        "users".into(),
+        "create".into(),
+        "--admin".into(),
+    ]);
+    assert_eq!(field(&admin, "admin"), "true");
+    let digest = media_cache::domain::api_key_digest(field(&admin, "api_key"));
+    use media_cache::ports::AdminKeys;
+    assert!(store.is_admin(&digest).await.unwrap());
 }

@@ -141,6 +141,7 @@ fn bench(c: &mut Criterion) {
         cache_key: key.clone(),
         count_hit: true,
         seen_balance: None,
+        seen_spend: None,
         at: chrono::Utc::now(),
     };
     let mut charges = c.benchmark_group("charges");

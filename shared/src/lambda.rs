@@ -95,6 +95,9 @@ pub struct LambdaConfig {
     pub deadline_margin: Duration,
     /// Deadlines and slow models of the miss path.
     pub miss_policy: MissPolicy,
+    /// Every cache entry private to its account (`PRIVATE_CACHE=true`): no sharing across
+    /// accounts.
+    pub private_entries: bool,
     /// `DOWNLOAD_ALLOWED_HOSTS`: `host[:port]` list whose results may be downloaded over plain
     /// http and from private addresses (a local simulator); empty in production.
     pub download_allowed_hosts: Vec<String>,
@@ -183,6 +186,13 @@ impl LambdaConfig {
             download_allowed_hosts: var("DOWNLOAD_ALLOWED_HOSTS")
                 .map(|v| DownloadPolicy::parse_hosts(&v))
                 .unwrap_or_default(),
+            private_entries: match var("PRIVATE_CACHE").as_deref() {
+                None | Some("" | "false" | "0") => false,
+                Some("true" | "1") => true,
+                Some(_) => {
+                    return Err(StartupError("PRIVATE_CACHE must be true or false".into()));
+                }
+            },
         })
     }
 }
@@ -359,9 +369,7 @@ pub fn with_deadlines(router: Router, margin: Duration) -> Router {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_millis() as u64;
-                let left = Duration::from_millis(context.deadline.saturating_sub(now_ms))
-                    .min(API_GATEWAY_TIMEOUT)
-                    .saturating_sub(margin);
+                let left = request_budget(context.deadline, now_ms, margin);
                 request
                     .extensions_mut()
                     .insert(RequestDeadline(tokio::time::Instant::now() + left));
@@ -369,6 +377,19 @@ pub fn with_deadlines(router: Router, margin: Duration) -> Router {
             request
         },
     ))
+}
+
+/// How long a request that starts at `now_ms` may take: until the invocation's deadline (epoch
+/// milliseconds) less `margin`, within API Gateway's wait. A deadline already past when the
+/// request starts is no deadline Lambda gives: `cargo lambda watch` sends 600000 (ten minutes
+/// into 1970) to every invocation, so API Gateway's wait alone bounds the request (rather than
+/// answering every request at once with its job).
+fn request_budget(deadline_ms: u64, now_ms: u64, margin: Duration) -> Duration {
+    let left = match deadline_ms.checked_sub(now_ms) {
+        Some(left) if left > 0 => Duration::from_millis(left),
+        _ => API_GATEWAY_TIMEOUT,
+    };
+    left.min(API_GATEWAY_TIMEOUT).saturating_sub(margin)
 }
 
 /// The OpenAI key, required only where speech and images are generated.
@@ -447,7 +468,8 @@ pub async fn service(
         openai,
         pricing,
         clock,
-    );
+    )
+    .with_private_entries(config.private_entries);
     // Every miss is settled through the queue, so every function that takes one needs it.
     let queue = parts.queue.ok_or_else(|| {
         StartupError(
@@ -672,6 +694,24 @@ mod tests {
     }
 
     #[test]
+    fn private_cache_is_off_unless_set_and_refuses_other_words() {
+        let base = [
+            ("TABLE_NAME", "t"),
+            ("BUCKET_NAME", "b"),
+            ("OPENAI_API_KEY_PARAMETER", "/media/openai"),
+        ];
+        assert!(!config(&base).unwrap().private_entries);
+        let with = |value| {
+            let mut vars = base.to_vec();
+            vars.push(("PRIVATE_CACHE", value));
+            config(&vars)
+        };
+        assert!(with("true").unwrap().private_entries);
+        assert!(!with("false").unwrap().private_entries);
+        assert!(with("yes please").unwrap_err().0.contains("PRIVATE_CACHE"));
+    }
+
+    #[test]
     fn aws_is_the_default_backend_and_needs_table_and_bucket() {
         let c = config(&[
             ("TABLE_NAME", "t"),
@@ -757,6 +797,35 @@ mod tests {
                 credentials: false
             },
             "the default chains decide"
+        );
+    }
+
+    #[test]
+    fn a_request_answers_before_the_invocation_deadline_and_the_gateway_wait() {
+        let now = 1_795_000_000_000;
+        let margin = Duration::from_secs(2);
+        assert_eq!(
+            request_budget(now + 10_000, now, margin),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            request_budget(now + 900_000, now, margin),
+            Duration::from_secs(28),
+            "API Gateway waits 30 s"
+        );
+        assert_eq!(
+            request_budget(now + 1_000, now, margin),
+            Duration::ZERO,
+            "too late for anything but the job"
+        );
+    }
+
+    #[test]
+    fn a_deadline_already_past_as_cargo_lambda_watch_sends_it_leaves_the_gateway_wait() {
+        let now = 1_795_000_000_000;
+        assert_eq!(
+            request_budget(600_000, now, Duration::from_secs(2)),
+            Duration::from_secs(28)
         );
     }
 

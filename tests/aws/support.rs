@@ -71,6 +71,7 @@ pub fn lambda_config(sim: &SimHandle) -> LambdaConfig {
         job_policy: Default::default(),
         deadline_margin: Duration::from_secs(2),
         miss_policy: Default::default(),
+        private_entries: false,
         download_allowed_hosts: media_cache::adapters::download::DownloadPolicy::host_of(
             &sim.base_url,
         )

@@ -201,6 +201,10 @@ async fn items_have_the_names_and_types_of_the_data_model() {
     let base = serve_function(&sim, media_cache::lambda::Function::Tts).await;
     let store = dynamo(&sdk().await);
     let user = create_user(&store, 20, chrono::Utc::now()).await.unwrap();
+    store
+        .set_daily_limit(&user.user_id, Some(15))
+        .await
+        .unwrap();
     let answer: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/media/tts"))
         .bearer_auth(&user.api_key)
@@ -261,7 +265,16 @@ async fn items_have_the_names_and_types_of_the_data_model() {
             ("credits_remaining", "N"),
             ("credits_used", "N"),
             ("created_at", "S"),
+            ("daily_limit", "N"),
+            ("spent_day", "S"),
+            ("spent_today", "N"),
         ],
+    );
+    let profile = item_types(&format!("USER#{}", user.user_id), "PROFILE");
+    let day = profile["spent_day"]["S"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok() && day.len() == 10,
+        "spent_day is YYYY-MM-DD: {day}"
     );
     let line = store
         .ledger(&user.user_id, 10)

@@ -96,6 +96,34 @@ impl CacheKey {
         }
     }
 
+    /// This key in `user_id`'s own key space (`Cache-Control: private`): no other account's
+    /// request can compute it, so none can hit the entry or learn that it exists. Its hash starts
+    /// with the owner's tag (`owner_tag`), which finds an account's private entries (to purge
+    /// them) without a record of who owns what.
+    pub fn private_to(&self, user_id: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(
+            format!(
+                "v{KEY_FORMAT_VERSION}\n{}\nprivate\n{user_id}\n{}",
+                self.media_type, self.hash
+            )
+            .as_bytes(),
+        );
+        let digest = hex::encode(hasher.finalize());
+        let tag = Self::owner_tag(user_id);
+        Self {
+            media_type: self.media_type,
+            hash: format!("{tag}{}", &digest[tag.len()..]),
+        }
+    }
+
+    /// The first hex digits of every private key of `user_id` (64 bits: a shared key starts with
+    /// them by chance about once in 10^19).
+    pub fn owner_tag(user_id: &str) -> String {
+        let digest = Sha256::digest(format!("owner\n{user_id}").as_bytes());
+        hex::encode(&digest[..8])
+    }
+
     /// Parses `CACHE#{type}#{hash}`.
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.split('#');

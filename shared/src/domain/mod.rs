@@ -1,6 +1,7 @@
 //! Pure domain logic: requests, their validation and normalisation, cache keys, pricing and the
 //! records the store keeps. Nothing here knows about AWS, SQL or HTTP.
 
+pub mod budget;
 pub mod cache_key;
 pub mod error;
 pub mod image;
@@ -14,6 +15,7 @@ pub mod tts;
 pub mod usage;
 pub mod video;
 
+pub use budget::{DailyLimitExceeded, DailySpend};
 pub use cache_key::{CacheKey, MediaType, NormalizedMedia};
 pub use error::ValidationError;
 pub use image::{ImageRequest, NormalizedImageRequest};

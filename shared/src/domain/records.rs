@@ -1,5 +1,6 @@
 //! The records the store keeps (DESIGN.md's data model), independent of any database.
 
+use super::budget::DailySpend;
 use super::cache_key::CacheKey;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,8 @@ pub struct Account {
     pub credits_used: u64,
     /// When the user was created.
     pub created_at: DateTime<Utc>,
+    /// The daily limit and the spend of the last day charged.
+    pub spend: DailySpend,
 }
 
 /// Why credits moved.
@@ -185,6 +188,9 @@ pub struct Charge {
     /// The balance the caller read before charging, if any: lets a store that cannot return the
     /// new balance from its write compute it without another read.
     pub seen_balance: Option<u64>,
+    /// The daily spend the caller read with that balance, if any: lets a store that checks the
+    /// limit with a condition on the stored spend (DynamoDB) write it without reading it first.
+    pub seen_spend: Option<DailySpend>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -200,6 +206,9 @@ pub struct Refund {
     pub request_id: String,
     /// The result that was not delivered.
     pub cache_key: CacheKey,
+    /// When the refunded charge was made (or a moment before it): a refund on the same UTC day
+    /// gives that day's spend back (`DailySpend::refund`).
+    pub charged_at: DateTime<Utc>,
     /// When.
     pub at: DateTime<Utc>,
 }

@@ -72,9 +72,17 @@ impl HttpError {
                 S::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter", None),
                 S::BadHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header", None),
                 S::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+                S::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
                 S::InsufficientCredits { .. } => {
                     (StatusCode::PAYMENT_REQUIRED, "insufficient_credits", None)
                 }
+                // Retry-After: until the UTC day turns and the day's spend starts again.
+                // A request that costs more than the whole limit never fits: no Retry-After.
+                S::DailyLimitExceeded(e) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "daily_limit_exceeded",
+                    (e.required <= e.limit).then_some(e.retry_after_secs.max(1)),
+                ),
                 S::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict", None),
                 S::IdempotencyInProgress => {
                     (StatusCode::CONFLICT, "idempotency_in_progress", Some(1))
@@ -153,6 +161,13 @@ impl HttpError {
             }
             HttpError::Service(ServiceError::Queue(_)) => {
                 "the job queue is temporarily unavailable; nothing was charged".into()
+            }
+            HttpError::Service(ServiceError::DailyLimitExceeded(e)) if e.required > e.limit => {
+                format!(
+                    "this request costs {} credits, more than the daily spend limit of {}: it \
+                     cannot be served under this limit; nothing was charged",
+                    e.required, e.limit
+                )
             }
             HttpError::Service(ServiceError::Provider(p)) => {
                 format!("{}; nothing was charged", p.public_message())

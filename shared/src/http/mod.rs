@@ -1,13 +1,18 @@
 //! The HTTP application (axum): routes, request parsing, answers. The same `Router` runs under
 //! `mediactl serve` and, through `lambda_http`, on AWS Lambda.
 
+mod contract;
 pub mod error;
 #[cfg(feature = "embedded")]
 pub mod objects;
 mod openai_compat;
+mod routes;
+
+pub use contract::OPENAPI_JSON;
 
 pub use error::{ApiError, ErrorCode, HttpError};
 
+use crate::domain::budget::next_day_start;
 use crate::domain::{JobStatus, MediaType};
 use crate::service::accounts::generate_request_id;
 use crate::service::{
@@ -15,7 +20,7 @@ use crate::service::{
     MediaRequest, MediaService, Prefer, ServiceError,
 };
 use crate::telemetry;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
+use routes::Routes;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -64,7 +70,8 @@ pub enum Function {
     Music,
     /// `POST /api/v1/media/video`.
     Video,
-    /// `GET /api/v1/media/jobs/{id}`, `GET /api/v1/credits`, provider callbacks.
+    /// `GET /api/v1/media/jobs/{id}`, `GET /api/v1/credits`, `DELETE /api/v1/cache/{key}`,
+    /// provider callbacks, `GET /openapi.json`.
     Jobs,
 }
 
@@ -89,32 +96,35 @@ impl Function {
         }
     }
 
-    fn routes(self) -> Router<AppState> {
+    /// Every route goes through `Routes`, which lists them for the contract test.
+    fn routes(self) -> Routes {
         match self {
             Function::Tts => counted(
                 MediaType::Tts,
-                Router::new()
+                Routes::new()
                     .route("/api/v1/media/tts", post(tts))
                     .route("/v1/audio/speech", post(openai_compat::speech)),
             ),
             Function::Image => counted(
                 MediaType::Image,
-                Router::new()
+                Routes::new()
                     .route("/api/v1/media/image", post(image))
                     .route("/v1/images/generations", post(openai_compat::images)),
             ),
             Function::Music => counted(
                 MediaType::Music,
-                Router::new().route("/api/v1/media/music", post(music)),
+                Routes::new().route("/api/v1/media/music", post(music)),
             ),
             Function::Video => counted(
                 MediaType::Video,
-                Router::new().route("/api/v1/media/video", post(video)),
+                Routes::new().route("/api/v1/media/video", post(video)),
             ),
-            Function::Jobs => Router::new()
+            Function::Jobs => Routes::new()
                 .route("/api/v1/media/jobs/{id}", get(job))
                 .route("/api/v1/credits", get(credits))
-                .route("/api/v1/callbacks/{provider}/{token}", post(callback)),
+                .route("/api/v1/cache/{key}", axum::routing::delete(purge))
+                .route("/api/v1/callbacks/{provider}/{token}", post(callback))
+                .route("/openapi.json", get(contract::openapi_json)),
         }
     }
 }
@@ -122,11 +132,13 @@ impl Function {
 /// Counts the answers of a media type's routes by outcome: the outcome an answer carries (see
 /// `with_cache_headers`) or the code of an error. A replayed answer carries none and is not
 /// counted again.
-fn counted(media_type: MediaType, routes: Router<AppState>) -> Router<AppState> {
-    routes.route_layer(axum::middleware::map_response_with_state(
-        media_type,
-        count_answer,
-    ))
+fn counted(media_type: MediaType, routes: Routes) -> Routes {
+    routes.map_router(|router| {
+        router.route_layer(axum::middleware::map_response_with_state(
+            media_type,
+            count_answer,
+        ))
+    })
 }
 
 async fn count_answer(State(media_type): State<MediaType>, response: Response) -> Response {
@@ -143,10 +155,14 @@ async fn count_answer(State(media_type): State<MediaType>, response: Response) -
 
 /// Every route of the API (what `mediactl serve` runs).
 pub fn router(state: AppState) -> Router {
-    let routes = Function::ALL
+    finish(api_routes(), state)
+}
+
+/// Every function's routes.
+fn api_routes() -> Routes {
+    Function::ALL
         .into_iter()
-        .fold(Router::new(), |router, f| router.merge(f.routes()));
-    finish(routes, state)
+        .fold(Routes::new(), |routes, f| routes.merge(f.routes()))
 }
 
 /// The routes one Lambda function serves, and the health check.
@@ -154,10 +170,15 @@ pub fn function_router(state: AppState, function: Function) -> Router {
     finish(function.routes(), state)
 }
 
-/// Adds what every router has: health check, JSON 404/405, the body limit.
-fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    routes
-        .route("/healthz", get(healthz))
+/// The routes every router has besides its own: the health check.
+fn common_routes(routes: Routes) -> Routes {
+    routes.route("/healthz", get(healthz))
+}
+
+/// Adds what every router has: the common routes, JSON 404/405, the body limit.
+fn finish(routes: Routes, state: AppState) -> Router {
+    common_routes(routes)
+        .into_router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -168,12 +189,23 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(&generate_request_id(), HttpError::NotFound)
+/// Marks the answers of the fallbacks: the request matched no route (a route's own 404, say an
+/// unknown job, is not marked). Invisible to clients; the contract test reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unrouted;
+
+async fn not_found() -> Response {
+    unrouted(HttpError::NotFound)
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(&generate_request_id(), HttpError::MethodNotAllowed)
+pub(crate) async fn method_not_allowed() -> Response {
+    unrouted(HttpError::MethodNotAllowed)
+}
+
+fn unrouted(error: HttpError) -> Response {
+    let mut response = ApiError::new(&generate_request_id(), error).into_response();
+    response.extensions_mut().insert(Unrouted);
+    response
 }
 
 async fn tts(
@@ -216,9 +248,10 @@ async fn video(
 async fn job(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let call = call_context(&headers)?;
+    let id = path_params(path, &call.request_id)?;
     let job = state
         .service
         .job_status(&call, &id)
@@ -258,9 +291,10 @@ async fn job(
 /// read: the job is checked with the provider itself.
 async fn callback(
     State(state): State<AppState>,
-    Path((provider, token)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let request_id = generate_request_id();
+    let (provider, token) = path_params(path, &request_id)?;
     let outcome = state
         .service
         .callback(&provider, &token)
@@ -271,6 +305,34 @@ async fn callback(
         CallbackOutcome::AlreadyFinished => "already_finished",
     };
     Ok(Json(json!({"status": status})).into_response())
+}
+
+/// `DELETE /api/v1/cache/{key}` (admin keys): the entry is gone, its next request a miss.
+async fn purge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let call = call_context(&headers)?;
+    let key = path_params(path, &call.request_id)?;
+    state
+        .service
+        .purge(&call, &key)
+        .await
+        .map_err(|e| ApiError::new(&call.request_id, e))?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    set_header(&mut response, "x-request-id", &call.request_id);
+    Ok(response)
+}
+
+/// A route's path parameters. One that is not text (invalid UTF-8 once percent-decoded) names
+/// nothing the API has: 404, in JSON (axum's own answer would be a 400 in plain text).
+pub(crate) fn path_params<T>(
+    path: Result<Path<T>, PathRejection>,
+    request_id: &str,
+) -> Result<T, ApiError> {
+    path.map(|Path(params)| params)
+        .map_err(|_| ApiError::new(request_id, HttpError::NotFound))
 }
 
 fn poll_url(job_id: &str) -> String {
@@ -303,10 +365,17 @@ async fn credits(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .statement(&call, 20)
         .await
         .map_err(|e| ApiError::new(&call.request_id, e))?;
+    // The daily limit on the service's clock: today's spend (0 when the stored day is older) and
+    // when the day turns.
+    let now = state.service.clock().now();
+    let spend = statement.account.spend;
     let body = json!({
         "user_id": statement.account.user_id,
         "credits_remaining": statement.account.credits_remaining,
         "credits_used": statement.account.credits_used,
+        "daily_limit": spend.limit,
+        "spent_today": spend.spent_on(now),
+        "day_resets_at": next_day_start(now),
         "ledger": statement.ledger,
     });
     let mut response = Json(body).into_response();
@@ -349,10 +418,28 @@ fn call_context(headers: &HeaderMap) -> Result<CallContext, ApiError> {
     let mut cache_control = CacheControl::default();
     for value in headers.get_all(header::CACHE_CONTROL) {
         for directive in value.to_str().unwrap_or_default().split(',') {
-            match directive.trim().to_ascii_lowercase().as_str() {
+            let directive = directive.trim().to_ascii_lowercase();
+            match directive.as_str() {
                 "no-cache" => cache_control.no_cache = true,
                 "no-store" => cache_control.no_store = true,
-                _ => {}
+                "private" => cache_control.private = true,
+                _ => {
+                    if let Some(seconds) = directive.strip_prefix("max-age=") {
+                        let seconds = seconds.trim_matches('"').parse::<u64>().map_err(|_| {
+                            ApiError::new(
+                                &request_id,
+                                ServiceError::BadHeader(
+                                    "Cache-Control max-age must be a whole number of seconds"
+                                        .into(),
+                                ),
+                            )
+                        })?;
+                        // Of two, the stricter (RFC 9111 leaves it open; a cache may be strict).
+                        cache_control.max_age =
+                            Some(cache_control.max_age.map_or(seconds, |m| m.min(seconds)));
+                    }
+                    // Other directives (max-stale, only-if-cached...) are not honoured.
+                }
             }
         }
     }
@@ -466,6 +553,7 @@ struct CacheHeaders<'a> {
     cache_key: &'a str,
     credits_charged: u64,
     credits_remaining: u64,
+    age_seconds: Option<u64>,
     replayed: bool,
 }
 
@@ -476,6 +564,7 @@ impl<'a> From<&'a Generation> for CacheHeaders<'a> {
             cache_key: &g.cache_key,
             credits_charged: g.credits_charged,
             credits_remaining: g.credits_remaining,
+            age_seconds: g.age_seconds,
             replayed: g.replayed,
         }
     }
@@ -488,6 +577,7 @@ impl<'a> From<&'a JobTicket> for CacheHeaders<'a> {
             cache_key: &t.cache_key,
             credits_charged: t.credits_charged,
             credits_remaining: t.credits_remaining,
+            age_seconds: None,
             replayed: t.replayed,
         }
     }
@@ -523,6 +613,9 @@ fn with_cache_headers<'a>(
     set_header(&mut response, "x-request-id", &call.request_id);
     if h.replayed {
         set_header(&mut response, "idempotent-replayed", "true");
+    } else if let Some(age) = h.age_seconds {
+        // RFC 9111: seconds since the stored response was made.
+        set_header(&mut response, "age", &age.to_string());
     }
     let applied: Vec<String> = [
         call.prefer

@@ -8,6 +8,7 @@ use crate::ports::ObjectStore;
 use crate::service::ServiceError;
 use crate::service::accounts::generate_request_id;
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -27,19 +28,29 @@ struct Signature {
     sig: Option<String>,
 }
 
-/// `GET /objects/{key}?expires=..&sig=..`.
+/// The route of stored objects (`{*key}`: the key's `/` are part of the path).
+pub const OBJECTS_ROUTE: &str = "/objects/{*key}";
+
+/// `GET /objects/{key}?expires=..&sig=..`. Merged into the API's router after its fallbacks
+/// were set, so it brings its own JSON 405.
 pub fn objects_router(store: FsObjectStore, clock: Arc<dyn Clock>) -> Router {
     Router::new()
-        .route("/objects/{*key}", get(serve_object))
+        .route(OBJECTS_ROUTE, get(serve_object))
+        .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(ObjectsState { store, clock })
 }
 
 async fn serve_object(
     State(state): State<ObjectsState>,
-    Path(key): Path<String>,
-    Query(signature): Query<Signature>,
+    key: Result<Path<String>, PathRejection>,
+    signature: Result<Query<Signature>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let request_id = generate_request_id();
+    let key = super::path_params(key, &request_id)?;
+    // A query that is not one signature (a field given twice...) signs nothing: 403, in JSON.
+    let Ok(Query(signature)) = signature else {
+        return Err(ApiError::new(&request_id, HttpError::BadSignature));
+    };
     let expires = signature.expires.and_then(|e| e.parse::<i64>().ok());
     let (Some(expires), Some(sig)) = (expires, signature.sig) else {
         return Err(ApiError::new(&request_id, HttpError::BadSignature));

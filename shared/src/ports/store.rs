@@ -2,8 +2,8 @@
 
 use crate::domain::usage::{ReadCost, UsageRecords};
 use crate::domain::{
-    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, IdempotencyClaim, Job, LedgerLine, Refund,
-    UserId,
+    Account, CacheEntry, CacheKey, Charge, ClaimOutcome, DailyLimitExceeded, DailySpend,
+    IdempotencyClaim, Job, LedgerLine, MediaType, Refund, UserId,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,6 +24,9 @@ pub enum ChargeError {
         /// The price.
         required: u64,
     },
+    /// The charge would take the day's spend over the user's daily limit; nothing changed.
+    #[error(transparent)]
+    DailyLimitExceeded(#[from] DailyLimitExceeded),
     /// The user does not exist.
     #[error("unknown user")]
     UnknownUser,
@@ -41,6 +44,8 @@ pub struct Lookup {
     pub entry: Option<CacheEntry>,
     /// The user's balance, when the store could read it in the same round trip.
     pub balance: Option<u64>,
+    /// The user's daily limit and spend, read with `balance` (None when it is).
+    pub spend: Option<DailySpend>,
 }
 
 /// One batch read of an API key record and a cache entry (the first of the hit path's two round
@@ -58,21 +63,66 @@ pub trait LookupStore: Send + Sync {
 /// Credit movements, each in one transaction with its ledger line.
 #[async_trait]
 pub trait CreditStore: Send + Sync {
-    /// Debits the charge unless the balance would go below zero; returns the new balance.
+    /// Debits the charge unless the balance would go below zero or the day's spend over the
+    /// user's daily limit, and counts it in the day's spend; returns the new balance.
     /// With `count_hit`, the entry's `hit_count` grows by one, never in a write that another
     /// user's charge also makes (see each adapter for how exact the count is).
     async fn charge(&self, charge: &Charge) -> Result<u64, ChargeError>;
 
-    /// Credits the refund once per request id; returns the new balance, or None if that request
-    /// was already refunded.
+    /// Credits the refund once per request id (giving the day's spend back when the charge was
+    /// made the same UTC day); returns the new balance, or None if that request was already
+    /// refunded.
     async fn refund(&self, refund: &Refund) -> Result<Option<u64>, StoreError>;
 }
 
-/// Writes cache entries.
+/// Writes and purges cache entries.
 #[async_trait]
 pub trait CacheStore: Send + Sync {
     /// Saves `entry`, replacing any entry under the same key.
     async fn put_entry(&self, entry: &CacheEntry) -> Result<(), StoreError>;
+
+    /// Deletes the READY entry of `key` (a pending one belongs to a job in flight and stays);
+    /// false when there was none.
+    async fn purge_entry(&self, key: &CacheKey) -> Result<bool, StoreError>;
+
+    /// Deletes every READY entry that `filter` matches; how many.
+    async fn purge_entries(&self, filter: &PurgeFilter) -> Result<u64, StoreError>;
+}
+
+/// Which entries a purge deletes: those matching every condition given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeFilter {
+    /// Of this media type.
+    pub media_type: Option<MediaType>,
+    /// Made before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Private to this account (see `CacheKey::private_to`).
+    pub owner: Option<UserId>,
+}
+
+impl PurgeFilter {
+    /// Whether `entry` is one to delete.
+    pub fn matches(&self, entry: &CacheEntry) -> bool {
+        self.media_type
+            .is_none_or(|t| entry.cache_key.media_type() == t)
+            && self.created_before.is_none_or(|t| entry.created_at < t)
+            && self.owner.as_deref().is_none_or(|user| {
+                entry
+                    .cache_key
+                    .hash()
+                    .starts_with(&CacheKey::owner_tag(user))
+            })
+    }
+}
+
+/// API keys allowed to administer the cache (purge).
+#[async_trait]
+pub trait AdminKeys: Send + Sync {
+    /// Makes the key of `api_key_digest` an admin key.
+    async fn make_admin(&self, api_key_digest: &str) -> Result<(), StoreError>;
+
+    /// Whether the key of `api_key_digest` is an admin key.
+    async fn is_admin(&self, api_key_digest: &str) -> Result<bool, StoreError>;
 }
 
 /// Idempotency records for `Idempotency-Key`.
@@ -111,6 +161,10 @@ pub trait AccountStore: Send + Sync {
         request_id: &str,
         now: DateTime<Utc>,
     ) -> Result<u64, ChargeError>;
+
+    /// Sets the user's daily spend limit in credits per UTC day (None removes it). Today's
+    /// spend so far stays: a limit set below it refuses charges until the day turns.
+    async fn set_daily_limit(&self, user_id: &str, limit: Option<u64>) -> Result<(), ChargeError>;
 
     /// The user's balance, if the user exists.
     async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError>;
@@ -192,11 +246,12 @@ pub trait UsageScan: Send + Sync {
 
 /// Everything the application needs from a store.
 pub trait Store:
-    LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore
+    LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore + AdminKeys
 {
 }
 
-impl<T: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore> Store
-    for T
+impl<
+    T: LookupStore + CreditStore + CacheStore + IdempotencyStore + AccountStore + JobStore + AdminKeys,
+> Store for T
 {
 }

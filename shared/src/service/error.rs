@@ -1,6 +1,6 @@
 //! Errors of the application service. They are mapped to HTTP in one place (`http::error`).
 
-use crate::domain::ValidationError;
+use crate::domain::{DailyLimitExceeded, ValidationError};
 use crate::ports::{ChargeError, ObjectError, ProviderError, StoreError};
 
 /// Why a request was not served.
@@ -15,6 +15,9 @@ pub enum ServiceError {
     /// No API key, or an unknown one.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The API key is valid but may not do this (e.g. purge without the admin flag).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The balance does not cover the price; nothing was generated.
     #[error("not enough credits: this request costs {required}, {available} available")]
     InsufficientCredits {
@@ -23,6 +26,9 @@ pub enum ServiceError {
         /// The balance.
         available: u64,
     },
+    /// The charge would take the day's spend over the user's daily limit; nothing was charged.
+    #[error(transparent)]
+    DailyLimitExceeded(DailyLimitExceeded),
     /// The idempotency key was used with another request.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
@@ -82,6 +88,7 @@ impl From<ChargeError> for ServiceError {
                 required,
                 available,
             },
+            ChargeError::DailyLimitExceeded(e) => ServiceError::DailyLimitExceeded(e),
             ChargeError::UnknownUser => {
                 ServiceError::Unauthorized("the user of this API key no longer exists")
             }

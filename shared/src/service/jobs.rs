@@ -599,12 +599,15 @@ impl MediaService {
     /// Brings a finished leader's followers (and, if it failed, its own charge) to its end:
     /// completed with its result, or failed and refunded. Safe to repeat.
     pub(super) async fn settle_followers(&self, leader: &Job) -> Result<(), ServiceError> {
+        // A job is created just before its charge: its `created_at` is when it was charged
+        // (the day's spend it gives back, `DailySpend::refund`).
         if leader.status == JobStatus::Failed {
             self.refund_request(
                 &leader.owner,
                 leader.credits_charged,
                 &leader.request_id,
                 &leader.cache_key,
+                leader.created_at,
             )
             .await?;
         }
@@ -618,6 +621,7 @@ impl MediaService {
                     follower.credits_charged,
                     &follower.request_id,
                     &follower.cache_key,
+                    follower.created_at,
                 )
                 .await?;
             }

@@ -8,7 +8,8 @@
 //! budget (single flight: one provider call per distinct request).
 
 use super::{
-    Answer, CacheOutcome, CallContext, Generation, Generator, MediaJob, MediaService, ServiceError,
+    Answer, CacheOutcome, CallContext, Generation, Generator, MediaJob, MediaService, Seen,
+    ServiceError,
 };
 use crate::domain::LedgerReason;
 use crate::domain::{CACHE_TTL, CacheEntry, EntryStatus, Job, JobFailure, JobMessage, JobStatus};
@@ -135,22 +136,22 @@ impl MediaService {
         let mut leader = self.new_job(call, user_id, &job, None, self.clock.now())?;
         leader.credits_charged = job.price;
         let mut settlement_sent = false;
+        let mut profile = Seen::of(&lookup);
         let mut seen = lookup.entry;
-        let mut balance = lookup.balance;
         for _ in 0..START_ATTEMPTS {
             let now = self.clock.now();
             if let Some(entry) = &seen {
                 if let Some(leader) = entry.joinable_job(now) {
                     if let Some((follower, remaining)) =
-                        self.join(call, user_id, &job, leader, balance).await?
+                        self.join(call, user_id, &job, leader, profile).await?
                     {
                         return self
                             .await_job(follower, remaining, CacheOutcome::Coalesced, budget)
                             .await;
                     }
-                } else if entry.is_servable(now) && !call.cache_control.no_cache {
+                } else if call.cache_control.serves(entry, now) && !call.cache_control.no_cache {
                     let generation = self
-                        .hit(call, user_id, entry.clone(), &job, balance)
+                        .hit(call, user_id, entry.clone(), &job, profile)
                         .await?;
                     return Ok(Answer::Ready(generation));
                 }
@@ -175,10 +176,14 @@ impl MediaService {
                     .await?;
                 settlement_sent = true;
             }
-            let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, balance, now);
+            // `no-cache`, or a servable entry older than `max-age`: generate beside it; it stays
+            // served to others until the new result replaces it.
+            let replace =
+                call.cache_control.no_cache || seen.as_ref().is_some_and(|e| e.is_servable(now));
+            let charge = job.charge(call, user_id, job.price, LedgerReason::Miss, profile, now);
             let started = self
                 .store
-                .start_job(&leader, &pending, call.cache_control.no_cache, &charge)
+                .start_job(&leader, &pending, replace, &charge)
                 .await?;
             match started {
                 JobStart::Started { balance } => {
@@ -189,7 +194,7 @@ impl MediaService {
                 }
                 JobStart::EntryTaken(entry) => {
                     seen = Some(*entry);
-                    balance = None;
+                    profile = Seen::default();
                 }
             }
         }
@@ -206,13 +211,13 @@ impl MediaService {
         user_id: &str,
         job: &MediaJob,
         leader_id: &str,
-        seen_balance: Option<u64>,
+        seen: Seen,
     ) -> Result<Option<(Job, u64)>, ServiceError> {
         let now = self.clock.now();
         let mut follower = self.new_job(call, user_id, job, Some(leader_id.to_owned()), now)?;
         let price = self.pricing.hit(job.price);
         follower.credits_charged = price;
-        let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen_balance, now);
+        let charge = job.charge(call, user_id, price, LedgerReason::Hit, seen, now);
         let joined = self.store.join_job(&follower, &charge).await?;
         if joined.is_some() {
             telemetry::charged(job.cache_key.media_type(), price);
@@ -266,6 +271,7 @@ impl MediaService {
                         cache_expires_at: producer
                             .save_entry
                             .then(|| producer.updated_at + CACHE_TTL),
+                        age_seconds: None,
                         replayed: false,
                     }));
                 }
@@ -380,6 +386,7 @@ impl MediaService {
                 credits_remaining: balance,
                 created_at: done.created_at,
                 cache_expires_at: done.cache_expires_at,
+                age_seconds: None,
                 replayed: false,
             })),
             // Finished meanwhile by the worker, and failed (refunded): the client hears so.

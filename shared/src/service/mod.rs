@@ -16,8 +16,8 @@ use crate::clock::Clock;
 use crate::domain::cache_key::canonical_json;
 use crate::domain::media::extension_for;
 use crate::domain::{
-    CacheEntry, CacheKey, Charge, ClaimOutcome, GeneratedMedia, IdempotencyClaim, ImageRequest,
-    LedgerReason, MediaType, MusicRequest, NormalizedImageRequest, NormalizedMedia,
+    CacheEntry, CacheKey, Charge, ClaimOutcome, DailySpend, GeneratedMedia, IdempotencyClaim,
+    ImageRequest, LedgerReason, MediaType, MusicRequest, NormalizedImageRequest, NormalizedMedia,
     NormalizedMusicRequest, NormalizedTtsRequest, NormalizedVideoRequest, PriceTable, Refund,
     TtsRequest, VideoRequest, api_key_digest,
 };
@@ -35,6 +35,25 @@ pub struct CacheControl {
     pub no_cache: bool,
     /// Do not save the result as a cache entry.
     pub no_store: bool,
+    /// `max-age=N`: an entry older than this many seconds is a miss (regenerated, replacing it).
+    pub max_age: Option<u64>,
+    /// The entry belongs to the caller's account alone (its key includes the account).
+    pub private: bool,
+}
+
+impl CacheControl {
+    /// Whether `entry` may answer this request at `now`: servable, and young enough.
+    pub(crate) fn serves(&self, entry: &CacheEntry, now: DateTime<Utc>) -> bool {
+        entry.is_servable(now)
+            && self
+                .max_age
+                .is_none_or(|max| age_seconds(entry.created_at, now) <= max)
+    }
+}
+
+/// Whole seconds from `since` to `now` (0 if `since` is ahead).
+fn age_seconds(since: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    (now - since).num_seconds().max(0) as u64
 }
 
 /// Who is calling and how: everything about a call that is not its body.
@@ -111,6 +130,9 @@ pub struct Generation {
     pub created_at: DateTime<Utc>,
     /// When the cache entry expires; None when it was not saved.
     pub cache_expires_at: Option<DateTime<Utc>>,
+    /// A hit's age: seconds since its entry was made (the `Age` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
     /// Whether this is a stored answer replayed for an idempotent retry.
     #[serde(default, skip_serializing)]
     pub replayed: bool,
@@ -210,6 +232,23 @@ struct MediaJob {
     generator: Generator,
 }
 
+/// What the caller's lookup read of its own profile, handed to its charge: a store that charges
+/// with conditions on the balance and the day's spend (DynamoDB) then needs no read of its own.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    balance: Option<u64>,
+    spend: Option<DailySpend>,
+}
+
+impl Seen {
+    fn of(lookup: &Lookup) -> Self {
+        Self {
+            balance: lookup.balance,
+            spend: lookup.spend,
+        }
+    }
+}
+
 impl MediaJob {
     /// The charge of `amount` for this request, counting no hit.
     fn charge(
@@ -218,7 +257,7 @@ impl MediaJob {
         user_id: &str,
         amount: u64,
         reason: LedgerReason,
-        seen_balance: Option<u64>,
+        seen: Seen,
         at: DateTime<Utc>,
     ) -> Charge {
         Charge {
@@ -228,7 +267,8 @@ impl MediaJob {
             request_id: call.request_id.clone(),
             cache_key: self.cache_key.clone(),
             count_hit: false,
-            seen_balance,
+            seen_balance: seen.balance,
+            seen_spend: seen.spend,
             at,
         }
     }
@@ -255,6 +295,8 @@ pub struct MediaService {
     pricing: PriceTable,
     clock: Arc<dyn Clock>,
     jobs: Option<JobParts>,
+    /// Every entry private to its account, as if each request said `Cache-Control: private`.
+    private_entries: bool,
 }
 
 impl MediaService {
@@ -275,7 +317,14 @@ impl MediaService {
             pricing,
             clock,
             jobs: None,
+            private_entries: false,
         }
+    }
+
+    /// Makes every entry private to the account that asked for it (no sharing across accounts).
+    pub fn with_private_entries(mut self, private: bool) -> Self {
+        self.private_entries = private;
+        self
     }
 
     /// Adds what music and video need: the queue, the providers, callbacks, the polling policy.
@@ -352,6 +401,29 @@ impl MediaService {
             ))
     }
 
+    /// Deletes the cached result under `cache_key` (admin API keys only): the next request for
+    /// it is a miss on every instance. A result still being generated is not purged (it is saved
+    /// when its job finishes).
+    pub async fn purge(&self, call: &CallContext, cache_key: &str) -> Result<(), ServiceError> {
+        self.authenticate(call).await?;
+        if !self
+            .store
+            .is_admin(&api_key_digest(api_key_of(call)?))
+            .await?
+        {
+            return Err(ServiceError::Forbidden(
+                "purging the cache needs an admin API key",
+            ));
+        }
+        const NOT_CACHED: &str = "no cached result under this key";
+        let key = CacheKey::parse(cache_key).ok_or(ServiceError::NotFound(NOT_CACHED))?;
+        if !self.store.purge_entry(&key).await? {
+            return Err(ServiceError::NotFound(NOT_CACHED));
+        }
+        tracing::info!(request_id = %call.request_id, cache_key, "cache entry purged");
+        Ok(())
+    }
+
     pub(crate) async fn authenticate(&self, call: &CallContext) -> Result<String, ServiceError> {
         let api_key = api_key_of(call)?;
         let lookup = self.store.lookup(&api_key_digest(api_key), None).await?;
@@ -361,10 +433,33 @@ impl MediaService {
     }
 
     /// Auth and the cache read in one batch, then idempotency, then hit or miss.
-    async fn serve(&self, call: &CallContext, job: MediaJob) -> Result<Answer, ServiceError> {
+    async fn serve(&self, call: &CallContext, mut job: MediaJob) -> Result<Answer, ServiceError> {
         let api_key = api_key_of(call)?;
-        let wanted = (!call.cache_control.no_cache).then_some(&job.cache_key);
-        let lookup = self.store.lookup(&api_key_digest(api_key), wanted).await?;
+        let digest = api_key_digest(api_key);
+        let forced;
+        let call = if self.private_entries && !call.cache_control.private {
+            let mut private = call.clone();
+            private.cache_control.private = true;
+            forced = private;
+            &forced
+        } else {
+            call
+        };
+        let mut lookup = if call.cache_control.private {
+            // The key includes the account, known once the API key is: the entry is read after
+            // it (the stores remember a key's user, so this is one read once warm).
+            let caller = self.store.lookup(&digest, None).await?;
+            if let Some(user_id) = &caller.user_id {
+                job.cache_key = job.cache_key.private_to(user_id);
+            }
+            caller
+        } else {
+            Lookup::default()
+        };
+        if lookup.user_id.is_some() || !call.cache_control.private {
+            let wanted = (!call.cache_control.no_cache).then_some(&job.cache_key);
+            lookup = self.store.lookup(&digest, wanted).await?;
+        }
         let user_id = lookup
             .user_id
             .clone()
@@ -456,9 +551,13 @@ impl MediaService {
         job: MediaJob,
     ) -> Result<Answer, ServiceError> {
         let now = self.clock.now();
-        if let Some(entry) = lookup.entry.as_ref().filter(|e| e.is_servable(now)) {
+        if let Some(entry) = lookup
+            .entry
+            .as_ref()
+            .filter(|e| call.cache_control.serves(e, now))
+        {
             return self
-                .hit(call, user_id, entry.clone(), &job, lookup.balance)
+                .hit(call, user_id, entry.clone(), &job, Seen::of(&lookup))
                 .await
                 .map(Answer::Ready);
         }
@@ -506,7 +605,7 @@ impl MediaService {
         user_id: &str,
         entry: CacheEntry,
         job: &MediaJob,
-        seen_balance: Option<u64>,
+        seen: Seen,
     ) -> Result<Generation, ServiceError> {
         let price = self.pricing.hit(job.price);
         let charge = job.charge(
@@ -514,7 +613,7 @@ impl MediaService {
             user_id,
             price,
             LedgerReason::Hit,
-            seen_balance,
+            seen,
             self.clock.now(),
         );
         let remaining = self
@@ -540,6 +639,7 @@ impl MediaService {
             credits_remaining: remaining,
             created_at: entry.created_at,
             cache_expires_at: Some(entry.expires_at),
+            age_seconds: Some(age_seconds(entry.created_at, self.clock.now())),
             replayed: false,
         })
     }
@@ -565,13 +665,15 @@ impl MediaService {
         Ok(keys)
     }
 
-    /// Gives back what request `request_id` was charged; at most once per request.
+    /// Gives back what request `request_id` was charged at `charged_at` (or a moment before);
+    /// at most once per request.
     pub(crate) async fn refund_request(
         &self,
         user_id: &str,
         amount: u64,
         request_id: &str,
         cache_key: &CacheKey,
+        charged_at: DateTime<Utc>,
     ) -> Result<(), ServiceError> {
         if amount == 0 {
             return Ok(());
@@ -581,6 +683,7 @@ impl MediaService {
             amount,
             request_id: request_id.to_owned(),
             cache_key: cache_key.clone(),
+            charged_at,
             at: self.clock.now(),
         };
         let applied = self.store.refund(&refund).await.map_err(|e| {
@@ -603,9 +706,16 @@ fn api_key_of(call: &CallContext) -> Result<&str, ServiceError> {
 
 /// What an idempotent request asks for: the result and how the cache may be used.
 fn fingerprint(cache_key: &CacheKey, cc: CacheControl) -> String {
-    let text = format!(
+    let mut text = format!(
         "{cache_key}|no-cache={}|no-store={}",
         cc.no_cache, cc.no_store
     );
+    // Only when set, so the fingerprints of requests without them stay what they were.
+    if let Some(max_age) = cc.max_age {
+        text.push_str(&format!("|max-age={max_age}"));
+    }
+    if cc.private {
+        text.push_str("|private");
+    }
     hex::encode(Sha256::digest(text.as_bytes()))
 }

@@ -2,7 +2,9 @@
 //! `object_contract!` stamp out one test per case for a given adapter factory. A case must be
 //! registered in its suite macro: one written but never run is a dead-code warning.
 
+pub mod budget;
 pub mod objects;
+pub mod purge;
 pub mod queue;
 pub mod store;
 pub mod usage;
@@ -41,6 +43,19 @@ macro_rules! store_contract {
             a_no_cache_start_leaves_the_ready_entry_until_its_result_replaces_it,
             a_result_never_replaces_another_jobs_live_claim,
         );
+        $crate::store_contract!(@purge_cases $factory;
+            a_purge_deletes_a_ready_entry_and_leaves_a_pending_one,
+            a_filtered_purge_deletes_only_what_every_condition_matches,
+            admin_keys_are_marked_one_by_one,
+        );
+        $crate::store_contract!(@budget_cases $factory;
+            a_charge_over_the_daily_limit_is_refused_and_changes_nothing,
+            the_daily_spend_starts_again_on_the_next_utc_day,
+            concurrent_charges_never_pass_the_daily_limit,
+            the_limit_is_checked_as_stored_not_as_last_read,
+            starts_and_joins_count_toward_the_daily_limit,
+            a_refund_gives_the_spend_back_on_the_day_of_its_charge_only,
+        );
         $crate::store_contract!(@usage_cases $factory;
             usage_records_hold_every_ledger_line_with_its_user,
             usage_records_hold_every_entry_and_job,
@@ -63,6 +78,24 @@ macro_rules! store_contract {
             async fn $case() {
                 let harness = $factory.await;
                 $crate::contract::store::$case(harness).await;
+            }
+        )+
+    };
+    (@purge_cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::purge::$case(harness.store).await;
+            }
+        )+
+    };
+    (@budget_cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $factory.await;
+                $crate::contract::budget::$case(harness.store).await;
             }
         )+
     };

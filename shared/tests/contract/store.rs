@@ -68,6 +68,7 @@ pub(super) fn charge(user: &str, amount: u64, cache_key: &CacheKey) -> Charge {
         cache_key: cache_key.clone(),
         count_hit: false,
         seen_balance: None,
+        seen_spend: None,
         at: t0(),
     }
 }
@@ -212,6 +213,7 @@ pub async fn a_refund_happens_at_most_once(store: Arc<dyn Store>) {
         amount: 4,
         request_id: c.request_id.clone(),
         cache_key: k.clone(),
+        charged_at: c.at,
         at: t0() + Duration::seconds(1),
     };
     assert_eq!(store.refund(&refund).await.unwrap(), Some(10));
@@ -506,6 +508,7 @@ pub(super) fn job_charge(job: &Job, reason: LedgerReason) -> Charge {
         cache_key: job.cache_key.clone(),
         count_hit: false,
         seen_balance: None,
+        seen_spend: None,
         at: t0(),
     }
 }

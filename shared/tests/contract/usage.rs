@@ -101,6 +101,7 @@ async fn given_usage(store: &dyn Store) -> Usage {
             amount: j.credits_charged,
             request_id: j.request_id.clone(),
             cache_key: j.cache_key.clone(),
+            charged_at: j.created_at,
             at: t0() + Duration::seconds(1),
         };
         assert!(store.refund(&refund).await.unwrap().is_some());

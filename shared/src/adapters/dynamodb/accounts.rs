@@ -1,5 +1,5 @@
-use super::item::{ledger_item, parse_ledger_line};
-use super::tx::{TransactFailure, transact};
+use super::item::{ledger_item, parse_ledger_line, spend_of};
+use super::tx::{TransactFailure, contended, retrying, transact};
 use super::{DynamoStore, build_err, get_n, get_s, iso, key, n, s, store_err, user_pk};
 use crate::domain::{Account, LedgerLine, LedgerReason};
 use crate::ports::{AccountStore, ChargeError, StoreError};
@@ -62,6 +62,31 @@ impl AccountStore for DynamoStore {
         }
     }
 
+    async fn set_daily_limit(&self, user_id: &str, limit: Option<u64>) -> Result<(), ChargeError> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(user_pk(user_id), "PROFILE")))
+            .condition_expression("attribute_exists(PK)");
+        update = match limit {
+            Some(limit) => update
+                .update_expression("SET daily_limit = :limit")
+                .expression_attribute_values(":limit", n(limit)),
+            None => update.update_expression("REMOVE daily_limit"),
+        };
+        match retrying("write", || update.clone().send(), contended).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(ChargeError::UnknownUser)
+            }
+            Err(e) => Err(store_err(e).into()),
+        }
+    }
+
     async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
         let Some(item) = self.profile(user_id).await? else {
             return Ok(None);
@@ -76,6 +101,8 @@ impl AccountStore for DynamoStore {
             credits_remaining: get_n(item, "credits_remaining").unwrap_or(0),
             credits_used: get_n(item, "credits_used").unwrap_or(0),
             created_at,
+            spend: spend_of(item)
+                .ok_or_else(|| StoreError(format!("user {user_id}: bad spent_day")))?,
         }))
     }
 

@@ -1,7 +1,8 @@
 use super::{DynamoStore, Item, get_n, get_s, iso, key, n, s, user_pk};
+use crate::domain::budget::parse_day;
 use crate::domain::{
-    CacheEntry, CacheKey, EntryStatus, Job, JobFailure, JobStatus, LedgerLine, LedgerReason,
-    MediaType,
+    CacheEntry, CacheKey, DailySpend, EntryStatus, Job, JobFailure, JobStatus, LedgerLine,
+    LedgerReason, MediaType,
 };
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
@@ -28,6 +29,20 @@ pub(super) fn ledger_item(
         item.insert("cache_key".into(), s(cache_key));
     }
     item
+}
+
+/// A profile's daily limit and spend (`daily_limit`, `spent_day` as YYYY-MM-DD, `spent_today`);
+/// None when `spent_day` is not a day (corrupt: never read as "no day", a fresh budget).
+pub(super) fn spend_of(profile: &Item) -> Option<DailySpend> {
+    let day = match get_s(profile, "spent_day") {
+        Some(day) => Some(parse_day(day)?),
+        None => None,
+    };
+    Some(DailySpend {
+        limit: get_n(profile, "daily_limit"),
+        day,
+        spent: get_n(profile, "spent_today").unwrap_or(0),
+    })
 }
 
 impl DynamoStore {

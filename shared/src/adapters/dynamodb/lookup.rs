@@ -1,3 +1,4 @@
+use super::item::spend_of;
 use super::{DynamoStore, build_err, get_n, get_s, key, store_err, user_pk};
 use crate::domain::CacheKey;
 use crate::ports::{Lookup, LookupStore, StoreError};
@@ -52,12 +53,14 @@ impl LookupStore for DynamoStore {
             .and_then(|i| get_s(i, "user_id"))
             .map(str::to_owned);
         self.remember_owner(api_key_digest, user_id.as_deref());
-        let balance = match (&user_id, &known) {
-            (Some(user), Some(k)) if user == k => {
-                find(&user_pk(user), "PROFILE").and_then(|i| get_n(i, "credits_remaining"))
-            }
+        let profile = match (&user_id, &known) {
+            (Some(user), Some(k)) if user == k => find(&user_pk(user), "PROFILE"),
             _ => None,
         };
+        let balance = profile.and_then(|i| get_n(i, "credits_remaining"));
+        // The daily limit and spend, for the charge's conditions (an unreadable one is left
+        // unknown: the charge's guess then fails its condition and the charge fails).
+        let spend = balance.and(profile).and_then(spend_of);
         let entry = find("CACHE#", "RESULT").and_then(|item| {
             let parsed = self.parse_entry(item);
             if parsed.is_none() {
@@ -72,6 +75,7 @@ impl LookupStore for DynamoStore {
             user_id,
             entry,
             balance,
+            spend,
         })
     }
 }

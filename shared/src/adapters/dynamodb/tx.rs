@@ -1,6 +1,7 @@
-use super::item::ledger_item;
-use super::{DynamoStore, Item, build_err, get_n, key, n, store_err, user_pk};
-use crate::domain::Charge;
+use super::item::{ledger_item, spend_of};
+use super::{DynamoStore, Item, build_err, get_n, key, n, s, store_err, user_pk};
+use crate::domain::budget::{format_day, utc_day};
+use crate::domain::{Charge, DailySpend};
 use crate::ports::{ChargeError, StoreError};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -78,19 +79,54 @@ pub(super) fn contended<E: ProvideErrorMetadata>(
     is_contention_code(e.code())
 }
 
+/// How many times a charge is sent. A failed condition returns the profile as it is now, so a
+/// try fails again only when another request changed it in between (the balance read before,
+/// the day turning, the limit set); contention alone is retried inside `transact`.
+const CHARGE_TRIES: usize = 5;
+
 impl DynamoStore {
-    /// A charge (debit and ledger line) in one transaction with `extra` items, which follow them
-    /// from index 2. The balance condition is `= seen` while the caller's read is fresh, so the
-    /// new balance is known without another read; a balance moved meanwhile retries without it.
+    /// A charge (debit, daily limit and ledger line) in one transaction with `extra` items, which
+    /// follow them from index 2. Every charging path (hits, starts, joins) comes through here.
+    ///
+    /// The balance condition is `= seen` while the caller's read is fresh, so the new balance is
+    /// known without another read; a balance moved meanwhile retries without it. The daily
+    /// limit is checked with values known here (DynamoDB conditions cannot add numbers): the
+    /// limit and the day's spend as last read. On the same day the spend may be at most
+    /// `limit - amount` (`spent_today <= :room`, checked on the item as it is when the
+    /// transaction commits, whatever other charges added since the read), so concurrent charges
+    /// never overshoot; a new day starts the spend at this charge, only while the stored day is
+    /// still an older one. A condition that fails returns the profile (`ALL_OLD`): it says which
+    /// limit refused (balance, then daily limit), or gives the values of the next try.
     pub(super) async fn charge_with(
         &self,
         c: &Charge,
         extra: &[TransactWriteItem],
     ) -> Result<Charged, ChargeError> {
         let mut exact = c.seen_balance.filter(|b| *b >= c.amount);
-        // At most: the exact attempt and a plain one.
-        for _ in 0..2 {
-            let mut items = self.charge_items(c, exact)?;
+        // The spend as the caller's lookup read it, or (a cold lookup reads no profile) the
+        // common case: no limit, charged today or never. A wrong guess costs one more try.
+        let mut spend = c.seen_spend;
+        // Whether `spend` was read by this charge: a refusal rests on a read of its own.
+        let mut fresh = false;
+        for _ in 0..CHARGE_TRIES {
+            let before = spend.unwrap_or_default();
+            let after = match before.charge(c.amount, c.at) {
+                Ok(after) => after,
+                Err(exceeded) if fresh => return Err(exceeded.into()),
+                Err(_) => {
+                    // Over the limit as the caller read it: read the profile again before
+                    // refusing (a refund or a new limit may have changed it).
+                    let profile = self
+                        .profile(&c.user_id)
+                        .await?
+                        .ok_or(ChargeError::UnknownUser)?;
+                    spend = Some(chargeable(c, &profile)?);
+                    fresh = true;
+                    exact = None;
+                    continue;
+                }
+            };
+            let mut items = self.charge_items(c, exact, &before, &after)?;
             items.extend_from_slice(extra);
             match transact(&self.client, items).await {
                 Ok(()) => {
@@ -109,21 +145,18 @@ impl DynamoStore {
                     return Ok(Charged::Done(balance));
                 }
                 Err(TransactFailure::Condition { index: 0, old }) => {
-                    let available = match old {
-                        Some(old) => get_n(&old, "credits_remaining").unwrap_or(0),
+                    let profile = match old {
+                        Some(old) => old,
                         // No profile came back: it may not exist, or the store did not say.
                         None => self
-                            .balance(&c.user_id)
+                            .profile(&c.user_id)
                             .await?
                             .ok_or(ChargeError::UnknownUser)?,
                     };
-                    if available < c.amount {
-                        return Err(ChargeError::InsufficientCredits {
-                            available,
-                            required: c.amount,
-                        });
-                    }
-                    // Another request moved the balance since we read it: charge without `= seen`.
+                    // Not enough credits refuses here; otherwise the next try starts from the
+                    // profile as it is (and refuses if it is over the limit).
+                    spend = Some(chargeable(c, &profile)?);
+                    fresh = true;
                     exact = None;
                 }
                 Err(TransactFailure::Condition { index: 1, .. }) => {
@@ -151,28 +184,66 @@ impl DynamoStore {
         }
     }
 
-    /// The debit (balance condition first) and the ledger put of a charge: items 0 and 1 of its
-    /// transaction. `exact` makes the condition `= seen` so the new balance is known.
+    /// The debit (balance and daily limit conditions) and the ledger put of a charge: items 0
+    /// and 1 of its transaction. `exact` makes the balance condition `= seen` so the new balance
+    /// is known; `before` is the spend as last read and `after` the spend with this charge
+    /// (`DailySpend::charge` of `before`, which fits the limit).
     fn charge_items(
         &self,
         c: &Charge,
         exact: Option<u64>,
+        before: &DailySpend,
+        after: &DailySpend,
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let cache_key = c.cache_key.to_string();
+        let day = after.day.unwrap_or_else(|| utc_day(c.at));
+        let mut set = String::from(
+            "SET credits_remaining = credits_remaining - :a, credits_used = credits_used + :a",
+        );
+        let mut conditions = vec!["credits_remaining >= :a"];
         let mut debit = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(user_pk(&c.user_id), "PROFILE")))
-            .update_expression(
-                "SET credits_remaining = credits_remaining - :a, credits_used = credits_used + :a",
-            )
             .expression_attribute_values(":a", n(c.amount))
+            .expression_attribute_values(":day", s(format_day(day)))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        debit = match exact {
-            Some(seen) => debit
-                .condition_expression("credits_remaining = :seen AND credits_remaining >= :a")
-                .expression_attribute_values(":seen", n(seen)),
-            None => debit.condition_expression("credits_remaining >= :a"),
-        };
+        if let Some(seen) = exact {
+            conditions.push("credits_remaining = :seen");
+            debit = debit.expression_attribute_values(":seen", n(seen));
+        }
+        // The limit as read: a limit set or removed since fails the condition, and the next try
+        // uses the new one.
+        match before.limit {
+            Some(limit) => {
+                conditions.push("daily_limit = :limit");
+                debit = debit.expression_attribute_values(":limit", n(limit));
+            }
+            None => conditions.push("attribute_not_exists(daily_limit)"),
+        }
+        if before.limit.is_none() && before.day.is_none_or(|d| d == day) {
+            // No limit, charged today or never (the guess of a charge whose caller read no
+            // profile): add to the day's spend, or start it. Nothing to bound.
+            conditions.push("(attribute_not_exists(spent_day) OR spent_day = :day)");
+            set.push_str(
+                ", spent_day = :day, spent_today = if_not_exists(spent_today, :zero) + :a",
+            );
+            debit = debit.expression_attribute_values(":zero", n(0));
+        } else if let (Some(limit), true) = (before.limit, before.day == Some(day)) {
+            // The day goes on: add to its spend, leaving room for this charge under the limit.
+            conditions.push("spent_day = :day");
+            conditions.push("spent_today <= :room");
+            debit = debit.expression_attribute_values(":room", n(limit.saturating_sub(c.amount)));
+            set.push_str(", spent_today = spent_today + :a");
+        } else {
+            // A new day (or the first charge): its spend starts at this charge, which fits the
+            // limit by itself. Only while the stored day is older: of two first charges of a
+            // day, the second fails here and adds to the first on its next try.
+            conditions.push("(attribute_not_exists(spent_day) OR spent_day < :day)");
+            set.push_str(", spent_day = :day, spent_today = :a");
+        }
+        let debit = debit
+            .update_expression(set)
+            .condition_expression(conditions.join(" AND "));
         Ok(vec![
             TransactWriteItem::builder()
                 .update(debit.build().map_err(build_err)?)
@@ -187,6 +258,20 @@ impl DynamoStore {
             ))?,
         ])
     }
+}
+
+/// The spend of `profile` (the payer's item as it is now) when it has the credits for `c`:
+/// not enough credits refuses first, as on every store.
+fn chargeable(c: &Charge, profile: &Item) -> Result<DailySpend, ChargeError> {
+    let available = get_n(profile, "credits_remaining").unwrap_or(0);
+    if available < c.amount {
+        return Err(ChargeError::InsufficientCredits {
+            available,
+            required: c.amount,
+        });
+    }
+    spend_of(profile)
+        .ok_or_else(|| StoreError(format!("user {}: unreadable daily spend", c.user_id)).into())
 }
 
 /// What a charge with extra items did.

@@ -1,3 +1,4 @@
+use super::schema::{SPEND_COLUMNS, spend_from_row};
 use super::tx::insert_ledger;
 use super::{SqliteStore, db_err, iso, parse_iso};
 use crate::domain::{Account, LedgerLine, LedgerReason};
@@ -74,11 +75,31 @@ impl AccountStore for SqliteStore {
         .await
     }
 
+    async fn set_daily_limit(&self, user_id: &str, limit: Option<u64>) -> Result<(), ChargeError> {
+        let user_id = user_id.to_owned();
+        self.write(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE users SET daily_limit = ?2 WHERE id = ?1",
+                    params![user_id, limit.map(|l| l.min(i64::MAX as u64) as i64)],
+                )
+                .map_err(db_err)?;
+            if changed == 0 {
+                return Err(ChargeError::UnknownUser);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
         let user_id = user_id.to_owned();
         self.read(move |conn| {
             conn.query_row(
-                "SELECT credits_remaining, credits_used, created_at FROM users WHERE id = ?1",
+                &format!(
+                    "SELECT credits_remaining, credits_used, created_at, {SPEND_COLUMNS}
+                     FROM users WHERE id = ?1"
+                ),
                 [&user_id],
                 |r| {
                     let created_at: String = r.get(2)?;
@@ -87,6 +108,7 @@ impl AccountStore for SqliteStore {
                         credits_remaining: r.get::<_, i64>(0)? as u64,
                         credits_used: r.get::<_, i64>(1)? as u64,
                         created_at: parse_iso(&created_at)?,
+                        spend: spend_from_row(r, 3)?,
                     })
                 },
             )

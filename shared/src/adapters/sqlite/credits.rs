@@ -1,4 +1,4 @@
-use super::tx::{charge_in, insert_ledger};
+use super::tx::{charge_in, insert_ledger, refund_spend};
 use super::{SqliteStore, db_err};
 use crate::domain::{Charge, LedgerReason, Refund};
 use crate::ports::{ChargeError, CreditStore, StoreError};
@@ -52,6 +52,7 @@ impl CreditStore for SqliteStore {
                     |row| row.get(0),
                 )
                 .map_err(db_err)?;
+            refund_spend(tx, &r)?;
             Ok(Some(balance as u64))
         })
         .await

@@ -1,4 +1,4 @@
-use super::schema::read_entry;
+use super::schema::{SPEND_COLUMNS, read_entry, spend_from_row};
 use super::{SqliteStore, db_err};
 use crate::domain::CacheKey;
 use crate::ports::{Lookup, LookupStore, StoreError};
@@ -21,10 +21,13 @@ impl LookupStore for SqliteStore {
         if let Some(user_id) = memo.user(api_key_digest) {
             let entry = pk.as_deref().and_then(|pk| memo.entry(pk));
             if pk.is_none() || entry.is_some() {
+                // Nothing about the user's balance or limit comes from memory: the charge reads
+                // and checks both in its own write.
                 return Ok(Lookup {
                     user_id: Some(user_id),
                     entry,
                     balance: None,
+                    spend: None,
                 });
             }
         }
@@ -37,15 +40,21 @@ impl LookupStore for SqliteStore {
                     .and_then(|mut stmt| stmt.query_row([&digest], |r| r.get(0)))
                     .optional()
                     .map_err(db_err)?;
-                let balance = match &user_id {
+                let profile = match &user_id {
                     Some(user) => conn
-                        .prepare_cached("SELECT credits_remaining FROM users WHERE id = ?1")
-                        .and_then(|mut stmt| stmt.query_row([user], |r| r.get::<_, i64>(0)))
+                        .prepare_cached(&format!(
+                            "SELECT credits_remaining, {SPEND_COLUMNS} FROM users WHERE id = ?1"
+                        ))
+                        .and_then(|mut stmt| {
+                            stmt.query_row([user], |r| {
+                                Ok((r.get::<_, i64>(0)? as u64, spend_from_row(r, 1)?))
+                            })
+                        })
                         .optional()
-                        .map_err(db_err)?
-                        .map(|b| b as u64),
+                        .map_err(db_err)?,
                     None => None,
                 };
+                let (balance, spend) = profile.unzip();
                 let entry = match pk {
                     Some(pk) => read_entry(conn, &pk).unwrap_or_else(|e| {
                         // An unreadable entry is a miss: the cache never fails a request by
@@ -59,6 +68,7 @@ impl LookupStore for SqliteStore {
                     user_id,
                     entry,
                     balance,
+                    spend,
                 })
             })
             .await?;

@@ -114,6 +114,13 @@ impl Memo {
         entries.insert(pk, Arc::new(remembered));
     }
 
+    /// Forgets every entry after a committed write of many (a purge).
+    pub(super) fn forget_entries(&self) {
+        let mut entries = write(&self.entries);
+        self.entry_writes.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
+    }
+
     /// Forgets `pk` after a committed write of it.
     pub(super) fn forget_entry(&self, pk: &str) {
         let mut entries = write(&self.entries);

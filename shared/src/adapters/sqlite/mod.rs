@@ -7,7 +7,7 @@ use housekeeping::{CatchUp, Housekeeping};
 use memo::Memo;
 use readers::ReadPool;
 use rusqlite::Connection;
-use schema::{SCHEMA, SCHEMA_VERSION};
+use schema::{ADD_DAILY_SPEND, SCHEMA, SCHEMA_VERSION};
 use std::path::Path;
 use std::sync::Arc;
 use writer::Writer;
@@ -134,8 +134,22 @@ impl SqliteStore {
     }
 }
 
-/// Brings a file of an older schema version up to this one.
+/// Brings a file of an older schema version up to this one, in one transaction: a process
+/// stopped half way, or two processes opening an old file at once (`serve` and a `mediactl`
+/// admin command), never leave a half-migrated file or add a column twice.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+    let migrated = migrate_in(conn);
+    let end = if migrated.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = conn.execute_batch(end).map_err(db_err);
+    migrated.and(ended)
+}
+
+fn migrate_in(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db_err)?;
@@ -146,7 +160,78 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         )
         .map_err(db_err)?;
     }
+    // By the columns themselves, not only the version: a build of version 2 opening a file of
+    // version 3 sets the version back to 2, and adding a column twice fails.
+    if (1..3).contains(&version) && !has_column(conn, "users", "daily_limit")? {
+        conn.execute_batch(ADD_DAILY_SPEND).map_err(db_err)?;
+    }
     conn.execute_batch(SCHEMA).map_err(db_err)?;
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
         .map_err(db_err)
+}
+
+/// Whether `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(db_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteStore;
+    use crate::domain::DailySpend;
+    use crate::ports::AccountStore;
+
+    #[tokio::test]
+    async fn a_version_2_file_gains_the_daily_limit_columns_and_keeps_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            // The users table as version 2 made it, with a user in it.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (
+                     id TEXT PRIMARY KEY,
+                     credits_remaining INTEGER NOT NULL CHECK (credits_remaining >= 0),
+                     credits_used INTEGER NOT NULL,
+                     created_at TEXT NOT NULL
+                 );
+                 CREATE TABLE cache_entries (pk TEXT PRIMARY KEY, status TEXT NOT NULL,
+                     result_keys TEXT NOT NULL, content_type TEXT NOT NULL, provider TEXT NOT NULL,
+                     model TEXT NOT NULL, credits_used INTEGER NOT NULL, created_at TEXT NOT NULL,
+                     hit_count INTEGER NOT NULL DEFAULT 0, ttl INTEGER NOT NULL,
+                     request_params TEXT NOT NULL, job_id TEXT, lease_until INTEGER);
+                 INSERT INTO users VALUES ('usr_old', 7, 3, '2026-11-25T12:00:00Z');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let account = store.account("usr_old").await.unwrap().unwrap();
+        assert_eq!(account.credits_remaining, 7);
+        assert_eq!(account.spend, DailySpend::default());
+        store.set_daily_limit("usr_old", Some(5)).await.unwrap();
+        let account = store.account("usr_old").await.unwrap().unwrap();
+        assert_eq!(account.spend.limit, Some(5));
+        drop(store);
+        // Opening it again finds version 3 and changes nothing.
+        let again = SqliteStore::open(&path).unwrap();
+        let account = again.account("usr_old").await.unwrap().unwrap();
+        assert_eq!(account.spend.limit, Some(5));
+        drop(again);
+        // A version-2 build opening the file sets its version back to 2: the columns are there
+        // already, and the next open must not add them twice.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 2;")
+            .unwrap();
+        let reopened = SqliteStore::open(&path).unwrap();
+        let account = reopened.account("usr_old").await.unwrap().unwrap();
+        assert_eq!(account.spend.limit, Some(5));
+    }
 }

@@ -1,5 +1,8 @@
 use super::{from_epoch, iso, parse_iso};
-use crate::domain::{CacheEntry, CacheKey, EntryStatus, Job, JobFailure, JobStatus, MediaType};
+use crate::domain::budget::parse_day;
+use crate::domain::{
+    CacheEntry, CacheKey, DailySpend, EntryStatus, Job, JobFailure, JobStatus, MediaType,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub(super) const SCHEMA: &str = "
@@ -22,11 +25,18 @@ CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     credits_remaining INTEGER NOT NULL CHECK (credits_remaining >= 0),
     credits_used INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    daily_limit INTEGER,              -- credits per UTC day; NULL: no limit
+    spent_day TEXT,                   -- YYYY-MM-DD: the UTC day spent_today belongs to
+    spent_today INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     digest TEXT PRIMARY KEY,          -- SHA-256 of the key; the key itself is never stored
     user_id TEXT NOT NULL REFERENCES users(id)
+);
+-- API keys allowed to administer the cache (purge).
+CREATE TABLE IF NOT EXISTS admin_keys (
+    digest TEXT PRIMARY KEY REFERENCES api_keys(digest)
 );
 CREATE TABLE IF NOT EXISTS ledger (
     user_id TEXT NOT NULL REFERENCES users(id),
@@ -86,8 +96,16 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_visible ON queue (dead, visible_at);
 ";
 
-/// Schema version 2 added jobs, the queue and the pending columns of cache entries.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// Schema version 2 added jobs, the queue and the pending columns of cache entries; version 3
+/// the daily limit and spend of users.
+pub(super) const SCHEMA_VERSION: i64 = 3;
+
+/// The user columns of the daily limit, added by version 3 (see `migrate`).
+pub(super) const ADD_DAILY_SPEND: &str = "
+ALTER TABLE users ADD COLUMN daily_limit INTEGER;
+ALTER TABLE users ADD COLUMN spent_day TEXT;
+ALTER TABLE users ADD COLUMN spent_today INTEGER NOT NULL DEFAULT 0;
+";
 
 /// The columns `entry_from_row` reads, in its order.
 pub(super) const ENTRY_COLUMNS: &str = "pk, status, result_keys, content_type, provider, model,
@@ -231,4 +249,32 @@ pub(super) fn read_job(conn: &Connection, id: &str) -> rusqlite::Result<Option<J
     conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
         .query_row([id], job_from_row)
         .optional()
+}
+
+/// The user columns `spend_from_row` reads, in its order.
+pub(super) const SPEND_COLUMNS: &str = "daily_limit, spent_day, spent_today";
+
+/// A user's daily limit and spend from `SPEND_COLUMNS`, starting at column `first`. A day that
+/// is not one is corrupt (never read as "no day": that would give a fresh budget).
+pub(super) fn spend_from_row(
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<DailySpend> {
+    let day = row
+        .get::<_, Option<String>>(first + 1)?
+        .map(|d| {
+            parse_day(&d).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    first + 1,
+                    rusqlite::types::Type::Text,
+                    format!("spent_day {d:?} is not a day").into(),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(DailySpend {
+        limit: row.get::<_, Option<i64>>(first)?.map(|l| l.max(0) as u64),
+        day,
+        spent: row.get::<_, i64>(first + 2)?.max(0) as u64,
+    })
 }
