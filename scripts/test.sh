@@ -56,10 +56,10 @@ export MEDIA_TEST_PYTHON="$PWD/$VENV/bin/python"
 set +e
 if (($#)); then
     echo "== cargo test -- $* (AWS emulator on port $PORT)"
-    cargo test --workspace --all-features -- "$@" 2>&1 | tee target/test-output.log
+    cargo test --workspace --all-features --no-fail-fast -- "$@" 2>&1 | tee target/test-output.log
 else
     echo "== cargo test (AWS emulator on port $PORT)"
-    cargo test --workspace --all-features 2>&1 | tee target/test-output.log
+    cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-output.log
 fi
 status=${PIPESTATUS[0]}
 set -e
@@ -70,6 +70,40 @@ count() {
 }
 passed=$(count 1)
 failed=$(count 2)
+
+# The AWS suites run only when built with --all-features (the DynamoDB, S3 and SQS contracts in
+# media-cache's aws_contract) and against the emulator (integration-tests' aws): a run that
+# built them without their tests would pass while testing nothing. In a full run each must have
+# run tests; a filtered run may legitimately select none of them.
+ran() { # how many tests the test binary $1 ran (passed + failed): 0 if none, or if it never started
+    awk -v bin="$1" '
+        /^[[:space:]]+Running / {
+            path = $NF
+            gsub(/[()]/, "", path)
+            name = path
+            sub(/.*\//, "", name)
+            sub(/-[0-9a-f]+$/, "", name)
+            current = (name == bin)
+            next
+        }
+        current && /^test result: / {
+            for (i = 2; i <= NF; i++) {
+                if ($i ~ /^(passed|failed);$/) total += $(i - 1)
+            }
+            current = 0
+        }
+        END { print total + 0 }' target/test-output.log
+}
+if ((! $#)); then
+    for suite in aws_contract aws; do
+        if (($(ran "$suite") == 0)); then
+            echo "== FAILED: the test binary $suite ran no tests (built without --all-features," \
+                "or it never started)" >&2
+            failed=$((failed + 1))
+            status=1
+        fi
+    done
+fi
 
 # The contract from outside: schemathesis drives `mediactl serve` (the binary the tests just
 # built) from openapi.yaml and checks its answers against it. Full runs only; it counts as one

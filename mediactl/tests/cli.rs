@@ -23,18 +23,86 @@ fn field<'a>(output: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {output}"))
 }
 
-/// Creates a user, grants credits, adds a key and shows the statement through `location`.
+/// `GET /api/v1/credits` with `api_key`, answered by the jobs function's application (the
+/// function that serves it on AWS) over the store at `location` (`--data-dir DIR` or
+/// `--table NAME`): the status and the body.
+fn credits_request(location: &[&str], api_key: &str) -> (u16, serde_json::Value) {
+    use media_cache::lambda::{Function, LambdaConfig, app};
+    let vars: Vec<(&str, String)> = match location {
+        ["--data-dir", dir] => vec![
+            ("MEDIA_STORE", "embedded".into()),
+            ("MEDIA_DATA_DIR", dir.to_string()),
+        ],
+        ["--table", table] => vec![
+            ("TABLE_NAME", table.to_string()),
+            (
+                "BUCKET_NAME",
+                std::env::var("MEDIA_TEST_BUCKET").expect("MEDIA_TEST_BUCKET is not set"),
+            ),
+            // The function needs a queue and a callback secret to start; a statement uses
+            // neither (nothing is sent to this queue).
+            (
+                "JOBS_QUEUE_URL",
+                "http://127.0.0.1:9/000000000000/unused".into(),
+            ),
+            ("CALLBACK_SECRET", "cli-test".into()),
+        ],
+        other => panic!("no store at {other:?}"),
+    };
+    let config = LambdaConfig::from_vars(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let sdk = match location[0] {
+            "--table" => media_cache::lambda::sdk_config().await,
+            _ => aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .build(),
+        };
+        let router = app(&config, &sdk, Function::Jobs).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let response = reqwest::Client::new()
+            .get(format!("{base}/api/v1/credits"))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    })
+}
+
+/// Creates a user, grants credits, adds a key, uses it for a request and shows the statement
+/// through `location`.
 fn round_trip(location: &[&str]) {
     let args = |rest: &[&str]| -> Vec<String> {
         location.iter().chain(rest).map(|a| a.to_string()).collect()
     };
     let created = mediactl(&args(&["users", "create", "--credits", "7"]));
     let user = field(&created, "user_id").to_owned();
-    assert!(field(&created, "api_key").starts_with("mc_"));
+    let first_key = field(&created, "api_key").to_owned();
+    assert!(first_key.starts_with("mc_"));
     let granted = mediactl(&args(&["credits", "grant", &user, "5"]));
     assert!(granted.contains("balance 12"), "{granted}");
     let key = mediactl(&args(&["users", "add-key", &user]));
-    assert!(field(&key, "api_key").starts_with("mc_"));
+    let added = field(&key, "api_key").to_owned();
+    assert!(added.starts_with("mc_"));
+    assert_ne!(added, first_key);
+    // The new key is the user's: a request made with it answers with the user's statement,
+    // and the first key still works.
+    for api_key in [&added, &first_key] {
+        let (status, statement) = credits_request(location, api_key);
+        assert_eq!(status, 200, "{statement}");
+        assert_eq!(statement["user_id"], user.as_str(), "{statement}");
+        assert_eq!(statement["credits_remaining"], 12, "{statement}");
+    }
+    let (status, _) = credits_request(location, "mc_a_key_nobody_was_given");
+    assert_eq!(status, 401);
     let shown = mediactl(&args(&["credits", "show", &user]));
     assert!(shown.contains("12 credits remaining"), "{shown}");
     assert_eq!(shown.matches("grant").count(), 2, "{shown}");

@@ -64,13 +64,33 @@ mod s3 {
     async fn harness() -> Harness {
         env("AWS_ENDPOINT_URL");
         let sdk = media_cache::lambda::sdk_config().await;
-        let store = S3ObjectStore::new(
-            media_cache::lambda::s3_client(&sdk),
-            env("MEDIA_TEST_BUCKET"),
-            None,
-        );
+        let client = media_cache::lambda::s3_client(&sdk);
+        let store = S3ObjectStore::new(client.clone(), env("MEDIA_TEST_BUCKET"), None);
         Harness {
             store: Arc::new(store),
+            // Every object of the bucket under the prefix, every page.
+            list_under: Box::new(move |prefix| {
+                let client = client.clone();
+                Box::pin(async move {
+                    let mut keys = Vec::new();
+                    let mut pages = client
+                        .list_objects_v2()
+                        .bucket(env("MEDIA_TEST_BUCKET"))
+                        .prefix(prefix)
+                        .into_paginator()
+                        .send();
+                    while let Some(page) = pages.next().await {
+                        keys.extend(
+                            page.unwrap()
+                                .contents()
+                                .iter()
+                                .filter_map(|o| o.key().map(str::to_owned)),
+                        );
+                    }
+                    keys.sort();
+                    keys
+                })
+            }),
             _guard: Box::new(()),
         }
     }

@@ -1,6 +1,6 @@
 //! Property tests of normalisation and cache keys.
 
-use media_cache::domain::{ImageRequest, NormalizedMedia, TtsRequest};
+use media_cache::domain::{CacheKey, ImageRequest, MediaType, NormalizedMedia, TtsRequest};
 use proptest::prelude::*;
 
 const VOICES: &[&str] = &["alloy", "echo", "nova", "shimmer", "onyx"];
@@ -129,12 +129,17 @@ proptest! {
 
     #[test]
     fn tts_and_image_keys_never_collide(words in words()) {
+        // Whole keys always differ by their `CACHE#{type}#` prefix: only the hashes can collide.
         let text = words.join(" ");
         let tts = TtsRequest { text: Some(text.clone()), ..Default::default() }.normalize().unwrap();
         let image = ImageRequest { prompt: Some(text), ..Default::default() }.normalize().unwrap();
-        let (a, b) = (tts.cache_key(), image.cache_key());
-        prop_assert_ne!(a.hash(), b.hash());
-        prop_assert_ne!(a.to_string(), b.to_string());
+        let (tts_key, image_key) = (tts.cache_key(), image.cache_key());
+        prop_assert_ne!(tts_key.hash(), image_key.hash());
+        // Nor do the same parameters under the other type: the type is hashed too.
+        let (tts_as_image, image_as_tts) =
+            (CacheKey::of(MediaType::Image, &tts), CacheKey::of(MediaType::Tts, &image));
+        prop_assert_ne!(tts_key.hash(), tts_as_image.hash());
+        prop_assert_ne!(image_key.hash(), image_as_tts.hash());
     }
 }
 
@@ -142,7 +147,6 @@ proptest! {
 fn the_same_parameters_under_two_types_hash_differently() {
     // Identical canonical JSON, different type: the type is part of the hash input.
     let params = serde_json::json!({"text": "x"});
-    use media_cache::domain::{CacheKey, MediaType};
     assert_ne!(
         CacheKey::of(MediaType::Tts, &params).hash(),
         CacheKey::of(MediaType::Image, &params).hash()

@@ -43,6 +43,7 @@ mod filesystem {
     use media_cache::adapters::fs_objects::{FsObjectStore, UrlSigner};
     use media_cache::clock::SystemClock;
     use media_cache::http::objects::objects_router;
+    use std::path::Path;
     use std::sync::Arc;
 
     async fn harness() -> Harness {
@@ -52,10 +53,38 @@ mod filesystem {
         let store = FsObjectStore::new(dir.path(), &base, UrlSigner::new(vec![7u8; 32]));
         let app = objects_router(store.clone(), Arc::new(SystemClock));
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let root = dir.path().to_path_buf();
         Harness {
             store: Arc::new(store),
+            // Every file under the prefix's directory, hidden ones (a temporary file) too.
+            list_under: Box::new(move |prefix| {
+                let root = root.clone();
+                Box::pin(async move { files_under(&root, &prefix) })
+            }),
             _guard: Box::new((dir, server)),
         }
+    }
+
+    /// The files under `root/prefix` (a directory), as keys relative to `root`, sorted.
+    fn files_under(root: &Path, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut dirs = vec![root.join(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let key = path.strip_prefix(root).unwrap();
+                    keys.push(key.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        keys.sort();
+        keys
     }
 
     crate::object_contract!(harness());

@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use integration_tests::{TestApp, test_config};
-use media_cache::domain::CacheKey;
+use media_cache::domain::{CacheEntry, CacheKey};
 use media_cache::ports::LookupStore;
 use provider_sim::Endpoint;
 use serde_json::json;
@@ -137,20 +137,55 @@ async fn an_entry_past_its_ttl_is_a_miss_while_still_stored() {
     );
 }
 
+/// The stored entry of `key`, read from the store.
+async fn stored_entry(app: &TestApp, key: &CacheKey) -> CacheEntry {
+    app.server
+        .store
+        .lookup("-", Some(key))
+        .await
+        .unwrap()
+        .entry
+        .unwrap()
+}
+
 #[tokio::test]
 async fn cache_control_no_cache_bypasses_and_no_store_does_not_save() {
     let app = TestApp::start().await;
     let user = app.user(100).await;
     let body = json!({"text": "directive"}).to_string();
     let key = Some(user.api_key.as_str());
-    app.post_raw(TTS, key, &[], body.clone()).await;
+    let first = app.post_raw(TTS, key, &[], body.clone()).await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    let cache_key = CacheKey::parse(first.json["cache_key"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        app.post_raw(TTS, key, &[], body.clone())
+            .await
+            .header("x-cache"),
+        "HIT"
+    );
+    let old = stored_entry(&app, &cache_key).await;
+    assert_eq!(old.hit_count, 1);
 
+    app.clock.advance(Duration::minutes(10));
     let bypass = app
         .post_raw(TTS, key, &[("cache-control", "no-cache")], body.clone())
         .await;
     assert_eq!(bypass.status, 200);
     assert_eq!(bypass.header("x-cache"), "BYPASS");
     assert_eq!(bypass.json["credits_charged"], 2);
+    assert_eq!(app.sim_calls(Endpoint::Speech), 2);
+    // The new result replaced the entry (README: "until the new result replaces it").
+    let new = stored_entry(&app, &cache_key).await;
+    assert_eq!(new.created_at, old.created_at + Duration::minutes(10));
+    assert_eq!(new.expires_at, old.expires_at + Duration::minutes(10));
+    assert_eq!(new.hit_count, 0, "a new entry: {new:?}");
+    let hit = app.post_raw(TTS, key, &[], body.clone()).await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    assert_eq!(
+        hit.json["created_at"], bypass.json["created_at"],
+        "{:?}",
+        hit.json
+    );
     assert_eq!(app.sim_calls(Endpoint::Speech), 2);
 
     let other = json!({"text": "not to be kept"}).to_string();

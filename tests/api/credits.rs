@@ -54,6 +54,12 @@ async fn a_provider_5xx_is_refunded() {
         "first try and two retries"
     );
     assert_eq!(app.balance(&user).await, 100, "refunded");
+    assert_eq!(
+        app.request_ledger(&user, answer.header("x-request-id"))
+            .await,
+        vec![("miss", -2), ("refund", 2)],
+        "charged, then refunded"
+    );
     let lines = app.server.store.ledger(&user.user_id, 10).await.unwrap();
     let mut reasons: Vec<_> = lines
         .iter()
@@ -81,6 +87,10 @@ async fn rate_limits_are_retried_and_outlasting_ones_answer_503_with_retry_after
     assert_eq!(ok.status, 200, "{:?}", ok.json);
     assert_eq!(app.sim_calls(Endpoint::Speech), 2);
     assert_eq!(app.balance(&user).await, 98, "charged once");
+    assert_eq!(
+        app.request_ledger(&user, ok.header("x-request-id")).await,
+        vec![("miss", -2)]
+    );
 
     // A wait longer than the client is willing to sleep goes back to the caller.
     app.inject(fault(
@@ -95,6 +105,12 @@ async fn rate_limits_are_retried_and_outlasting_ones_answer_503_with_retry_after
     assert_eq!(limited.json["error"]["code"], "provider_rate_limited");
     assert_eq!(limited.header("retry-after"), "60");
     assert_eq!(app.balance(&user).await, 98, "refunded");
+    assert_eq!(
+        app.request_ledger(&user, limited.header("x-request-id"))
+            .await,
+        vec![("miss", -2), ("refund", 2)],
+        "charged, then refunded"
+    );
 }
 
 #[tokio::test]
@@ -143,6 +159,12 @@ async fn content_policy_and_quota_errors_are_classified_and_refunded() {
         1,
         "a rejection is not retried"
     );
+    assert_eq!(
+        app.request_ledger(&user, rejected.header("x-request-id"))
+            .await,
+        vec![("miss", -10), ("refund", 10)],
+        "charged, then refunded"
+    );
 
     app.inject(fault(Endpoint::Images, FaultKind::InsufficientQuota, 1));
     let quota = app.post(IMAGE, &user, &json!({"prompt": "anything"})).await;
@@ -151,6 +173,12 @@ async fn content_policy_and_quota_errors_are_classified_and_refunded() {
         app.sim_calls(Endpoint::Images),
         2,
         "no quota is not retried"
+    );
+    assert_eq!(
+        app.request_ledger(&user, quota.header("x-request-id"))
+            .await,
+        vec![("miss", -10), ("refund", 10)],
+        "charged, then refunded"
     );
     assert_eq!(app.balance(&user).await, 100);
 }
@@ -208,9 +236,20 @@ async fn a_failed_idempotent_request_can_be_retried() {
     ));
     let failed = app.post_raw(TTS, key, &headers, body.clone()).await;
     assert_eq!(failed.status, 502);
+    assert_eq!(
+        app.request_ledger(&user, failed.header("x-request-id"))
+            .await,
+        vec![("miss", -2), ("refund", 2)],
+        "the failure charged, then refunded"
+    );
     let ok = app.post_raw(TTS, key, &headers, body).await;
     assert_eq!(ok.status, 200, "{:?}", ok.json);
     assert!(ok.headers.get("idempotent-replayed").is_none());
+    assert_eq!(
+        app.request_ledger(&user, ok.header("x-request-id")).await,
+        vec![("miss", -2)],
+        "the retry charged once"
+    );
     assert_eq!(app.balance(&user).await, 98);
 }
 

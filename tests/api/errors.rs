@@ -101,14 +101,6 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             "`n` must be between 1 and 1 for dall-e-3",
         ),
         (
-            "negative n",
-            IMAGE,
-            key,
-            json!({"prompt": "x", "n": -1}).to_string(),
-            400,
-            "n",
-        ),
-        (
             "bad size",
             IMAGE,
             key,
@@ -194,6 +186,25 @@ async fn parameter_errors_name_the_field_and_headers_are_checked() {
         )
         .await;
     assert_eq!(basic.status, 401);
+}
+
+#[tokio::test]
+async fn a_negative_n_is_refused_naming_the_field_and_its_value_and_costs_nothing() {
+    let app = TestApp::start().await;
+    let user = app.user(100).await;
+    let answer = app
+        .post(IMAGE, &user, &json!({"prompt": "x", "n": -1}))
+        .await;
+    // Not a count of images at all (`n` is unsigned): refused as a malformed body.
+    assert_eq!(answer.status, 400, "{:?}", answer.json);
+    assert_eq!(answer.json["error"]["code"], "malformed_request");
+    let message = answer.error_message();
+    assert!(
+        message.contains("`n`") && message.contains("-1"),
+        "names the field and the value: {message:?}"
+    );
+    assert_eq!(app.balance(&user).await, 100);
+    assert_eq!(app.sim_calls(Endpoint::Images), 0);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use integration_tests::{TestApp, test_config};
 use media_cache::domain::JobMessage;
-use media_cache::ports::JobQueue;
+use media_cache::ports::{JobQueue, JobStore};
 use media_cache::service::accounts::NewUser;
 use provider_sim::{Endpoint, FaultKind, FaultRule};
 use serde_json::{Value, json};
@@ -114,6 +114,18 @@ async fn a_failed_task_refunds_every_charged_user() {
                 .unwrap()
                 .contains("could not render")
         );
+        // Charged (the task's price, or a hit's to join it), then given it back.
+        let charge = match answer.header("x-cache") {
+            "MISS" => ("miss", -50),
+            _ => ("hit", -1),
+        };
+        assert_eq!(
+            app.request_ledger(user, answer.header("x-request-id"))
+                .await,
+            vec![charge, ("refund", -charge.1)],
+            "{:?}",
+            answer.json
+        );
         assert_eq!(app.balance(user).await, 100, "refunded");
         balanced(&app, user, 100).await;
     }
@@ -142,7 +154,10 @@ async fn after_completion_the_same_request_is_a_hit_and_a_redelivery_changes_not
 
     let balance = app.balance(&user).await;
     let polls = app.sim_calls(Endpoint::SunoRecordInfo);
-    // The same message again, after the work is done.
+    let stored = app.server.store.job(&job_id).await.unwrap().unwrap();
+    // The same message again, minutes after the work is done: a rewrite of the job would carry
+    // the new time.
+    app.clock.advance(chrono::Duration::minutes(5));
     app.server
         .store
         .send(&JobMessage::settle(&job_id), Duration::ZERO)
@@ -151,6 +166,11 @@ async fn after_completion_the_same_request_is_a_hit_and_a_redelivery_changes_not
     wait_queue_empty(&app).await;
     let after = app.wait_job(&user, &job_id).await;
     assert_eq!(after.json["updated_at"], done.json["updated_at"]);
+    assert_eq!(
+        app.server.store.job(&job_id).await.unwrap().unwrap(),
+        stored,
+        "the job is not rewritten"
+    );
     assert_eq!(app.balance(&user).await, balance);
     assert_eq!(
         app.sim_calls(Endpoint::SunoRecordInfo),
@@ -343,6 +363,16 @@ async fn provider_errors_of_each_class_fail_clearly_and_refund() {
             answer.json["error"]["code"], error_code,
             "{endpoint:?} {code}"
         );
+        let price = match endpoint {
+            Endpoint::SunoGenerate => 20,
+            _ => 50,
+        };
+        assert_eq!(
+            app.request_ledger(&user, answer.header("x-request-id"))
+                .await,
+            vec![("miss", -price), ("refund", price)],
+            "{endpoint:?} {code}: charged, then refunded"
+        );
         assert_eq!(
             app.balance(&user).await,
             1000,
@@ -407,6 +437,16 @@ async fn provider_errors_of_each_class_fail_clearly_and_refund() {
                 .contains("happened")
         );
         assert_eq!(job.json["refunded"], true);
+        let price = match endpoint {
+            Endpoint::SunoGenerate => 20,
+            _ => 50,
+        };
+        assert_eq!(
+            app.request_ledger(&user, answer.header("x-request-id"))
+                .await,
+            vec![("miss", -price), ("refund", price)],
+            "{status}: charged, then refunded"
+        );
         assert_eq!(app.balance(&user).await, 1000, "{status}: refunded");
     }
     balanced(&app, &user, 1000).await;

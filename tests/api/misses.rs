@@ -260,6 +260,12 @@ async fn a_failed_no_cache_regeneration_leaves_the_entry_in_place() {
         )
         .await;
     assert_eq!(failed.status, 422, "{:?}", failed.json);
+    assert_eq!(
+        app.request_ledger(&user, failed.header("x-request-id"))
+            .await,
+        vec![("miss", -2), ("refund", 2)],
+        "charged, then refunded"
+    );
     let hit = app.post(TTS, &user, &body).await;
     assert_eq!((hit.status, hit.header("x-cache")), (200, "HIT"));
     assert_eq!(
@@ -289,6 +295,12 @@ async fn result_at(url: &str) -> Value {
     assert_eq!(job.json["status"], "failed", "{:?}", job.json);
     assert_eq!(job.json["error"]["code"], "result_unavailable");
     assert_eq!(job.json["refunded"], true);
+    assert_eq!(
+        app.request_ledger(&user, answer.header("x-request-id"))
+            .await,
+        vec![("miss", -50), ("refund", 50)],
+        "charged, then refunded"
+    );
     assert_eq!(app.balance(&user).await, 100, "refunded");
     assert_eq!(app.ledger_sum(&user).await, 100);
     job.json

@@ -145,19 +145,26 @@ async fn twenty_identical_video_requests_make_one_task_and_complete_as_one() {
         .find(|(_, a)| a.1 == "MISS")
         .map(|((_, id), _)| id.clone())
         .unwrap();
+    let duplicate = json!({"job_id": leader, "poll": true}).to_string();
     aws_sdk_sqs::Client::new(&sdk)
         .send_message()
         .queue_url(&queue)
-        .message_body(json!({"job_id": leader, "poll": true}).to_string())
+        .message_body(&duplicate)
         .send()
         .await
         .unwrap();
     let mut rounds = 0;
-    run_completion_until(&config, &queue, || {
+    let handled = run_completion_until(&config, &queue, || {
         rounds += 1;
         async move { rounds > 3 }
     })
     .await;
+    // The duplicate was delivered and handled (what follows is what it changed).
+    assert_eq!(
+        handled.iter().filter(|b| **b == duplicate).count(),
+        1,
+        "the duplicate among the messages handled: {handled:?}"
+    );
     let after = get_job(&http, &jobs, &owned[0].0, &owned[0].1).await.1;
     assert_eq!(after["updated_at"], before["updated_at"]);
     assert_eq!(balance(&store, &users[0]).await, balance_before);

@@ -382,8 +382,13 @@ pub fn jobs_config(sim: &SimHandle, queue_url: &str) -> LambdaConfig {
 
 /// Plays the SQS event source for the completion function: receives batches from the queue,
 /// runs each through `complete_batch` and deletes what it did not report as failed, until
-/// `done` says so (at most 60 s).
-pub async fn run_completion_until<F, Fut>(config: &LambdaConfig, queue_url: &str, mut done: F)
+/// `done` says so (at most 60 s). Returns the bodies of the messages it handled (deleted), in
+/// the order received.
+pub async fn run_completion_until<F, Fut>(
+    config: &LambdaConfig,
+    queue_url: &str,
+    mut done: F,
+) -> Vec<String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -395,6 +400,7 @@ where
         .unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut handled = Vec::new();
     while !done().await {
         assert!(std::time::Instant::now() < deadline, "jobs did not finish");
         let received = sqs
@@ -428,7 +434,9 @@ where
                     .send()
                     .await
                     .unwrap();
+                handled.push(m.body.unwrap_or_default());
             }
         }
     }
+    handled
 }

@@ -133,6 +133,27 @@ impl TestApp {
         lines.iter().map(|l| l.amount).sum()
     }
 
+    /// The ledger lines of the user's request `request_id` (its `X-Request-Id`), as reason and
+    /// amount, charges first: `[("miss", -2), ("refund", 2)]` for a refunded miss of 2 credits.
+    pub async fn request_ledger(
+        &self,
+        user: &NewUser,
+        request_id: &str,
+    ) -> Vec<(&'static str, i64)> {
+        let mut lines: Vec<_> = self
+            .server
+            .store
+            .ledger(&user.user_id, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.request_id == request_id)
+            .map(|l| (l.reason.as_str(), l.amount))
+            .collect();
+        lines.sort_by_key(|&(reason, amount)| (amount, reason));
+        lines
+    }
+
     /// Calls the simulator got on `endpoint`.
     pub fn sim_calls(&self, endpoint: Endpoint) -> u64 {
         self.server.sim.as_ref().unwrap().calls(endpoint)

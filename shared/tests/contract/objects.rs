@@ -3,12 +3,21 @@
 use bytes::Bytes;
 use chrono::{Duration, Utc};
 use media_cache::ports::ObjectStore;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+/// Every object the adapter's own storage holds under a key prefix (a temporary or second copy
+/// counts), read around the port.
+pub type ListUnder =
+    Box<dyn Fn(String) -> Pin<Box<dyn Future<Output = Vec<String>> + Send>> + Send + Sync>;
 
 /// An object store and an HTTP client that can fetch its URLs.
 pub struct Harness {
     /// The adapter under test.
     pub store: Arc<dyn ObjectStore>,
+    /// Lists the storage under a prefix.
+    pub list_under: ListUnder,
     /// Keeps whatever serves the URLs alive.
     pub _guard: Box<dyn std::any::Any + Send>,
 }
@@ -56,10 +65,13 @@ pub async fn a_stored_object_reads_back_and_a_missing_one_is_none(h: Harness) {
 }
 
 pub async fn putting_the_same_key_twice_keeps_one_object(h: Harness) {
-    let key = unique("png");
+    // A key space of its own (the bucket is shared with other tests).
+    let space = format!("image/{}/", uuid::Uuid::new_v4().simple());
+    let key = format!("{space}same.png");
     let bytes = Bytes::from_static(b"\x89PNG\r\n\x1a\nsame");
     h.store.put(&key, bytes.clone(), "image/png").await.unwrap();
     h.store.put(&key, bytes.clone(), "image/png").await.unwrap();
+    assert_eq!((h.list_under)(space).await, vec![key.clone()], "one object");
     let url = h
         .store
         .presign_get(&key, Utc::now() + Duration::minutes(5))

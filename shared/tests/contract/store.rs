@@ -325,17 +325,18 @@ pub async fn idempotency_claims_follow_their_lifecycle(store: Arc<dyn Store>) {
 }
 
 pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
-    // 60 charges of a user with 50 credits, mixed with 12 of three users who can pay: stores
+    // 30 charges of a user with 25 credits, mixed with 6 of three users who can pay: stores
     // that commit concurrent charges together must still refuse each row on its own. (Kept
-    // small enough for the strict DynamoDB emulator, which serves one request at a time;
-    // tests/api/credits.rs mixes 60 and 60 on the embedded store.)
-    let user = create_user(store.as_ref(), 50, t0()).await.unwrap();
+    // small enough for the strict DynamoDB emulator, which serves one request at a time and
+    // holds each transaction: 60 + 12 ran past the 10 s conflict-retry budget on a loaded CI
+    // machine; tests/api/credits.rs mixes 60 and 60 on the embedded store.)
+    let user = create_user(store.as_ref(), 25, t0()).await.unwrap();
     let mut others = Vec::new();
     for _ in 0..3 {
         others.push(create_user(store.as_ref(), 100, t0()).await.unwrap());
     }
     let k = key(9);
-    let tasks: Vec<_> = (0..72)
+    let tasks: Vec<_> = (0..36)
         .map(|i| {
             let store = Arc::clone(&store);
             let poor = i % 6 != 5;
@@ -357,7 +358,7 @@ pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
             (_, result) => panic!("unexpected {result:?}"),
         }
     }
-    assert_eq!((ok, refused, others_ok), (50, 10, 12));
+    assert_eq!((ok, refused, others_ok), (25, 5, 6));
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 0);
     let ledger = store.ledger(&user.user_id, 1000).await.unwrap();
     assert_eq!(
@@ -365,14 +366,14 @@ pub async fn concurrent_charges_never_overdraw(store: Arc<dyn Store>) {
             .iter()
             .filter(|l| l.reason == LedgerReason::Miss)
             .count(),
-        50
+        25
     );
     assert_eq!(ledger.iter().map(|l| l.amount).sum::<i64>(), 0);
     for other in &others {
         let ledger = store.ledger(&other.user_id, 1000).await.unwrap();
         let sum: i64 = ledger.iter().map(|l| l.amount).sum();
         assert_eq!(sum, balance(store.as_ref(), &other.user_id).await as i64);
-        assert_eq!(sum, 96, "100 granted, 4 charges of 1");
+        assert_eq!(sum, 98, "100 granted, 2 charges of 1");
     }
 }
 
@@ -441,13 +442,17 @@ pub async fn charges_report_the_true_balance_even_after_a_stale_read(store: Arc<
         ..charge(&user.user_id, 3, &k)
     };
     assert_eq!(store.charge(&stale).await.unwrap(), 5, "not 10 - 3");
-    // A lookup may report the balance (warm); when it does, it is the real one.
+    // A lookup reports the balance when it reads it in its round trip: SQLite on a cold
+    // lookup, DynamoDB once it knows whose key it is (warm). Of two lookups, at least one
+    // reports it, and every one reported is the real balance.
+    let mut reported = Vec::new();
     for _ in 0..2 {
         let found = store.lookup(&digest, None).await.unwrap();
-        if let Some(balance) = found.balance {
-            assert_eq!(balance, 5);
-        }
+        assert_eq!(found.user_id.as_deref(), Some(user.user_id.as_str()));
+        reported.extend(found.balance);
     }
+    assert!(!reported.is_empty(), "no lookup reported the balance");
+    assert!(reported.iter().all(|b| *b == 5), "{reported:?}");
     assert_eq!(balance(store.as_ref(), &user.user_id).await, 5);
 }
 
