@@ -369,6 +369,7 @@ impl Worker {
     /// timeout: completion is idempotent.
     pub async fn shutdown(self) {
         self.task.abort();
+        // Only waits for the abort: the result is the cancellation, nothing to keep.
         let _ = self.task.await;
     }
 }
