@@ -185,9 +185,11 @@ async fn failures_are_classified() {
 
 #[tokio::test]
 async fn an_unreachable_provider_is_unavailable() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    // A port held (bound) but never listened on: connections to it are refused, and no other
+    // test can start a server there while this one runs.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let base = format!("http://{}", refusing.local_addr().unwrap());
     let client = OpenAiClient::new(OpenAiConfig {
         initial_backoff: Duration::from_millis(1),
         ..OpenAiConfig::new(base, "k")

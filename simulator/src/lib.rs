@@ -136,6 +136,25 @@ pub struct SimState {
     files: Mutex<HashMap<String, openai::StoredFile>>,
     tasks: Mutex<HashMap<String, tasks::SimTask>>,
     base_url: Mutex<String>,
+    /// The stage every task is held at, whatever its age (None: tasks follow the clock).
+    held: Mutex<Option<TaskStage>>,
+    /// Wakes callbacks waiting for held tasks to be let go.
+    released: tokio::sync::Notify,
+}
+
+/// How far a Suno or Kling task has come, in thirds of its work: Suno's `PENDING`,
+/// `TEXT_SUCCESS`, `FIRST_SUCCESS` and then its end; Kling's `submitted`, `processing` twice,
+/// then its end (`succeed`, or `failed` for a task with a `TaskFailed` fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStage {
+    /// Nothing done yet.
+    Submitted = 0,
+    /// A third done.
+    OneThird = 1,
+    /// Two thirds done.
+    TwoThirds = 2,
+    /// Finished, as it was meant to end.
+    Finished = 3,
 }
 
 impl SimState {
@@ -196,6 +215,40 @@ impl SimState {
             None => {}
         }
         Some(kind)
+    }
+
+    /// Holds every task, old and new, at `stage` whatever its age, until `release_tasks`: a test
+    /// then decides when tasks move on instead of racing the clock. Callbacks wait too.
+    pub fn hold_tasks(&self, stage: TaskStage) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(stage);
+        self.released.notify_waiters();
+    }
+
+    /// Lets tasks follow the clock again: those past their duration are finished at once.
+    pub fn release_tasks(&self) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.released.notify_waiters();
+    }
+
+    fn held_stage(&self) -> Option<TaskStage> {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once tasks are not held before their end.
+    async fn until_tasks_may_finish(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check, so a release in between is not missed.
+            released.as_mut().enable();
+            if self
+                .held_stage()
+                .is_none_or(|stage| stage == TaskStage::Finished)
+            {
+                return;
+            }
+            released.await;
+        }
     }
 
     fn base_url(&self) -> String {

@@ -1,8 +1,9 @@
 //! Suno's and Kling's long-task APIs: create a task, query it, download its results, and call the
-//! task's callback URL when it finishes. Tasks finish `task_duration` after creation.
+//! task's callback URL when it finishes. Tasks finish `task_duration` after creation, unless a
+//! test holds them at a stage (`SimState::hold_tasks`).
 
 use crate::media;
-use crate::{Endpoint, FaultKind, SimState};
+use crate::{Endpoint, FaultKind, SimState, TaskStage};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -36,15 +37,20 @@ pub(crate) struct SimTask {
     expired: bool,
     /// Where the results claim to be instead of `/results/...` (a `ResultUrl` fault).
     result_url: Option<String>,
+    /// The stage a test holds every task at, when it does (read with the task).
+    held: Option<TaskStage>,
 }
 
 impl SimTask {
     fn done(&self) -> bool {
-        self.created.elapsed() >= self.duration
+        self.third() == 3
     }
 
     /// Progress through the task in thirds (Suno's stages).
     fn third(&self) -> u32 {
+        if let Some(stage) = self.held {
+            return stage as u32;
+        }
         if self.duration.is_zero() {
             return 3;
         }
@@ -149,6 +155,7 @@ fn create_task(
                     Some(FaultKind::ResultUrl { url }) => Some(url.clone()),
                     _ => None,
                 },
+                held: None,
             },
         );
         id
@@ -158,6 +165,7 @@ fn create_task(
         let task_id = id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(state.config.task_duration).await;
+            state.until_tasks_may_finish().await;
             let Some(body) = callback_body(&state, &task_id) else {
                 return;
             };
@@ -171,12 +179,14 @@ fn create_task(
 }
 
 fn task(state: &SimState, id: &str) -> Option<SimTask> {
-    state
+    let mut task = state
         .tasks
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(id)
-        .cloned()
+        .cloned()?;
+    task.held = state.held_stage();
+    Some(task)
 }
 
 fn result_url(state: &SimState, task_id: &str, n: usize, ext: &str) -> String {

@@ -8,8 +8,17 @@ use serde_json::json;
 const TTS: &str = "/api/v1/media/tts";
 const IMAGE: &str = "/api/v1/media/image";
 
-/// A named bad request: route, API key, body, expected status, words the message must contain.
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+/// A named bad request: route, API key, body, then the documented answer: status, stable code,
+/// and `param` (the field at fault, for `invalid_parameter` only).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    String,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
 
 #[tokio::test]
 async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
@@ -18,15 +27,26 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
     let key = Some(user.api_key.as_str());
     let long_text = json!({"text": "a".repeat(4097)}).to_string();
     let huge = json!({"text": "a".repeat(300 * 1024)}).to_string();
+    let malformed = "malformed_request";
+    let invalid = "invalid_parameter";
     let cases: Vec<Case> = vec![
-        ("malformed JSON", TTS, key, "{\"text\": ".into(), 400, "EOF"),
+        (
+            "malformed JSON",
+            TTS,
+            key,
+            "{\"text\": ".into(),
+            400,
+            malformed,
+            None,
+        ),
         (
             "not an object",
             TTS,
             key,
             "[1,2]".into(),
             400,
-            "malformed request body",
+            malformed,
+            None,
         ),
         (
             "unknown field",
@@ -34,7 +54,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "x", "colour": "red"}).to_string(),
             400,
-            "unknown field `colour`",
+            malformed,
+            None,
         ),
         (
             "wrong type",
@@ -42,7 +63,17 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "x", "speed": "fast"}).to_string(),
             400,
-            "speed",
+            malformed,
+            None,
+        ),
+        (
+            "a fraction of an image",
+            IMAGE,
+            key,
+            json!({"prompt": "x", "n": 1.5}).to_string(),
+            400,
+            malformed,
+            None,
         ),
         (
             "missing text",
@@ -50,7 +81,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"voice": "nova"}).to_string(),
             422,
-            "`text` is required",
+            invalid,
+            Some("text"),
         ),
         (
             "empty text",
@@ -58,7 +90,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "   "}).to_string(),
             422,
-            "`text` is required",
+            invalid,
+            Some("text"),
         ),
         (
             "4097 characters",
@@ -66,7 +99,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             long_text,
             422,
-            "`text` must be at most 4096 characters",
+            invalid,
+            Some("text"),
         ),
         (
             "speed 5.0",
@@ -74,7 +108,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "x", "speed": 5.0}).to_string(),
             422,
-            "`speed` must be between 0.25 and 4.0",
+            invalid,
+            Some("speed"),
         ),
         (
             "unknown voice",
@@ -82,7 +117,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "x", "voice": "robot"}).to_string(),
             422,
-            "`voice` must be one of",
+            invalid,
+            Some("voice"),
         ),
         (
             "instructions on tts-1",
@@ -90,7 +126,8 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"text": "x", "instructions": "calm"}).to_string(),
             422,
-            "`instructions`",
+            invalid,
+            Some("instructions"),
         ),
         (
             "dall-e-3 with n = 2",
@@ -98,7 +135,17 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"prompt": "x", "n": 2}).to_string(),
             422,
-            "`n` must be between 1 and 1 for dall-e-3",
+            invalid,
+            Some("n"),
+        ),
+        (
+            "more images than any count holds",
+            IMAGE,
+            key,
+            json!({"prompt": "x", "n": u64::MAX}).to_string(),
+            422,
+            invalid,
+            Some("n"),
         ),
         (
             "bad size",
@@ -106,16 +153,26 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             key,
             json!({"prompt": "x", "size": "10x10"}).to_string(),
             422,
-            "`size`",
+            invalid,
+            Some("size"),
         ),
-        ("body over the limit", TTS, key, huge, 413, "larger than"),
+        (
+            "body over the limit",
+            TTS,
+            key,
+            huge,
+            413,
+            "payload_too_large",
+            None,
+        ),
         (
             "missing API key",
             TTS,
             None,
             json!({"text": "x"}).to_string(),
             401,
-            "missing API key",
+            "unauthorized",
+            None,
         ),
         (
             "wrong API key",
@@ -123,18 +180,16 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
             Some("mc_wrong"),
             json!({"text": "x"}).to_string(),
             401,
-            "invalid API key",
+            "unauthorized",
+            None,
         ),
     ];
-    for (name, path, key, body, status, message) in cases {
+    for (name, path, key, body, status, code, param) in cases {
         let answer = app.post_raw(path, key, &[], body).await;
         assert_eq!(answer.status, status, "{name}: {:?}", answer.json);
         let error = &answer.json["error"];
-        assert!(
-            error["code"].is_string(),
-            "{name}: JSON error body {:?}",
-            answer.json
-        );
+        assert_eq!(error["code"], code, "{name}: {:?}", answer.json);
+        assert_eq!(error["param"].as_str(), param, "{name}: {:?}", answer.json);
         assert!(
             error["request_id"]
                 .as_str()
@@ -142,11 +197,15 @@ async fn bad_requests_get_clear_4xx_errors_and_cost_nothing() {
                 .starts_with("req_"),
             "{name}"
         );
-        assert!(
-            answer.error_message().contains(message),
-            "{name}: {:?} should mention {message:?}",
-            answer.error_message()
-        );
+        // A message a person can act on; for a parameter, one that names it.
+        let message = answer.error_message();
+        assert!(!message.trim().is_empty(), "{name}");
+        if let Some(param) = param {
+            assert!(
+                message.contains(&format!("`{param}`")),
+                "{name}: {message:?} should name `{param}`"
+            );
+        }
     }
     assert_eq!(app.balance(&user).await, 100);
     assert_eq!(
@@ -189,20 +248,24 @@ async fn parameter_errors_name_the_field_and_headers_are_checked() {
 }
 
 #[tokio::test]
-async fn a_negative_n_is_refused_naming_the_field_and_its_value_and_costs_nothing() {
+async fn a_negative_n_is_a_parameter_error_naming_the_field_and_costs_nothing() {
     let app = TestApp::start().await;
     let user = app.user(100).await;
-    let answer = app
-        .post(IMAGE, &user, &json!({"prompt": "x", "n": -1}))
-        .await;
-    // Not a count of images at all (`n` is unsigned): refused as a malformed body.
-    assert_eq!(answer.status, 400, "{:?}", answer.json);
-    assert_eq!(answer.json["error"]["code"], "malformed_request");
-    let message = answer.error_message();
-    assert!(
-        message.contains("`n`") && message.contains("-1"),
-        "names the field and the value: {message:?}"
-    );
+    // As the contract says of any count out of range (`minimum: 1`): 422 with `param`, on the
+    // native route and on the OpenAI drop-in, not a malformed body.
+    for path in [IMAGE, "/v1/images/generations"] {
+        let answer = app
+            .post(path, &user, &json!({"prompt": "x", "n": -1}))
+            .await;
+        assert_eq!(answer.status, 422, "{path}: {:?}", answer.json);
+        assert_eq!(answer.json["error"]["code"], "invalid_parameter", "{path}");
+        assert_eq!(answer.json["error"]["param"], "n", "{path}");
+        let message = answer.error_message();
+        assert!(
+            message.contains("must be between 1 and") && message.contains("(got -1)"),
+            "{path}: says the allowed range and the value: {message:?}"
+        );
+    }
     assert_eq!(app.balance(&user).await, 100);
     assert_eq!(app.sim_calls(Endpoint::Images), 0);
 }

@@ -5,7 +5,7 @@ use integration_tests::{TestApp, test_config};
 use media_cache::domain::JobMessage;
 use media_cache::ports::{JobQueue, JobStore};
 use media_cache::service::accounts::NewUser;
-use provider_sim::{Endpoint, FaultKind, FaultRule};
+use provider_sim::{Endpoint, FaultKind, FaultRule, TaskStage};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -36,9 +36,13 @@ async fn twenty_identical_video_requests_make_one_provider_task() {
         users.push(app.user(200).await);
     }
     let body = video("a lighthouse in a storm, twenty at once");
+    // The task stays unfinished until every request has its answer: a request arriving after
+    // it finished would rightly be a hit, and the count below would not be about joining.
+    app.sim().hold_tasks(TaskStage::OneThird);
     let answers = app
         .post_concurrently("/api/v1/media/video", &users, &body)
         .await;
+    app.sim().release_tasks();
 
     assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1, "one provider task");
     let misses: Vec<_> = answers
@@ -97,9 +101,13 @@ async fn a_failed_task_refunds_every_charged_user() {
         app.user(100).await,
     ];
     let body = video("a doomed video");
+    // Unfinished until all three have answered: one that came after the failure would start a
+    // second task, and the test would not be about refunding the joined ones.
+    app.sim().hold_tasks(TaskStage::OneThird);
     let answers = app
         .post_concurrently("/api/v1/media/video", &users, &body)
         .await;
+    app.sim().release_tasks();
     assert_eq!(app.sim_calls(Endpoint::KlingCreate), 1);
     for (user, answer) in users.iter().zip(&answers) {
         assert_eq!(answer.status, 202);
@@ -235,6 +243,10 @@ async fn a_forged_callback_is_not_found_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir);
     config.sim_task_duration = Duration::from_secs(3600);
+    // The job's first poll is an hour away, so the worker touches nothing while the test
+    // compares the queue: what it holds then can only change by a callback's doing.
+    config.job_policy.first_poll = Duration::from_secs(3600);
+    config.job_policy.max_poll_delay = Duration::from_secs(3600);
     let app = TestApp::start_with(dir, config).await;
     let user = app.user(100).await;
     let answer = app
@@ -242,6 +254,7 @@ async fn a_forged_callback_is_not_found_and_changes_nothing() {
         .await;
     let job_id = answer.json["job_id"].as_str().unwrap();
     let before = app.server.store.queue_depth().await.unwrap();
+    assert_eq!(before, (1, 0), "the job's one delayed poll");
     for token in [
         format!("{job_id}.{}", "0".repeat(64)),
         job_id.to_owned(),
@@ -254,6 +267,11 @@ async fn a_forged_callback_is_not_found_and_changes_nothing() {
         assert_eq!(forged.json["error"]["code"], "not_found");
     }
     assert_eq!(app.server.store.queue_depth().await.unwrap(), before);
+    assert_eq!(
+        app.sim_calls(Endpoint::KlingQuery),
+        0,
+        "nothing asked Kling"
+    );
     let job = app
         .get(&format!("/api/v1/media/jobs/{job_id}"), Some(&user.api_key))
         .await;

@@ -445,7 +445,6 @@ async fn a_provider_slower_than_the_deadline_gets_a_202_whose_job_completes() {
     let jobs = serve_app(&config, Function::Jobs).await;
     let user = users(&store, 1, 100).await.remove(0);
     let http = reqwest::Client::new();
-    let started = std::time::Instant::now();
     let reply = post(
         &http,
         &format!("{base}/api/v1/media/tts"),
@@ -453,8 +452,8 @@ async fn a_provider_slower_than_the_deadline_gets_a_202_whose_job_completes() {
         &json!({"text": format!("slow {}", generate_request_id())}),
     )
     .await;
+    // A 202 is the proof: the harness answers 502 for a function stopped at its timeout.
     assert_eq!(reply.status, 202, "answered before the deadline: {reply:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
     let job_id = reply.json["job_id"].as_str().unwrap().to_owned();
 
     let poll = |http: reqwest::Client| {

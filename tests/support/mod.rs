@@ -161,7 +161,12 @@ impl TestApp {
 
     /// Injects a simulator fault.
     pub fn inject(&self, rule: provider_sim::FaultRule) {
-        self.server.sim.as_ref().unwrap().state.inject(rule);
+        self.sim().inject(rule);
+    }
+
+    /// The simulator's state: its counters, faults and the stage tasks are held at.
+    pub fn sim(&self) -> &provider_sim::SimState {
+        &self.server.sim.as_ref().unwrap().state
     }
 
     /// POSTs a raw body to `path` with extra headers.

@@ -68,7 +68,8 @@ pub struct ImageRequest {
     /// Style (dall-e-3 only), default "vivid".
     pub style: Option<String>,
     /// Number of images, default 1.
-    pub n: Option<u32>,
+    #[serde(default, deserialize_with = "crate::domain::error::whole_number")]
+    pub n: Option<i64>,
     /// Background (gpt-image-1 only), default "auto".
     pub background: Option<String>,
     /// Output format (gpt-image-1 only), default "png".
@@ -131,7 +132,7 @@ impl ImageRequest {
         one_of("quality", &quality, limits.qualities)?;
 
         let n = self.n.unwrap_or(1);
-        if n < 1 || n > u32::from(limits.max_n) {
+        if n < 1 || n > i64::from(limits.max_n) {
             return Err(ValidationError::new(
                 "n",
                 format!(
@@ -260,6 +261,37 @@ mod tests {
             ..req("a cat")
         };
         assert_eq!(ok.normalize().unwrap().n, 2);
+    }
+
+    #[test]
+    fn a_count_out_of_any_range_is_a_parameter_error_and_a_fraction_a_type_error() {
+        for (json, got) in [
+            (r#"{"prompt":"x","n":-1}"#, "-1"),
+            (r#"{"prompt":"x","n":0}"#, "0"),
+            (
+                r#"{"prompt":"x","n":18446744073709551615}"#,
+                "9223372036854775807",
+            ),
+            (r#"{"prompt":"x","n":1e30}"#, "9223372036854775807"),
+            (r#"{"prompt":"x","n":-1e30}"#, "-9223372036854775808"),
+        ] {
+            let parsed: ImageRequest = serde_json::from_str(json).unwrap();
+            let err = parsed.normalize().unwrap_err();
+            assert_eq!(err.field, "n", "{json}");
+            assert!(err.message.contains(&format!("(got {got})")), "{err}");
+        }
+        let null: ImageRequest = serde_json::from_str(r#"{"prompt":"x","n":null}"#).unwrap();
+        assert_eq!(null.normalize().unwrap().n, 1);
+        for json in [
+            r#"{"prompt":"x","n":2.5}"#,
+            r#"{"prompt":"x","n":1.0}"#,
+            r#"{"prompt":"x","n":"1"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ImageRequest>(json).is_err(),
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -165,7 +165,7 @@ mod tests {
                 prompt: Some("x".into()),
                 model: Some(model.into()),
                 quality: Some(quality.into()),
-                n: Some(n),
+                n: Some(i64::from(n)),
                 ..Default::default()
             };
             p.image(&r.normalize().unwrap()).unwrap()
@@ -189,7 +189,7 @@ mod tests {
             let r = crate::domain::VideoRequest {
                 prompt: Some("x".into()),
                 mode: Some(mode.into()),
-                duration: Some(duration),
+                duration: Some(i64::from(duration)),
                 ..Default::default()
             };
             p.video(&r.normalize().unwrap()).unwrap()

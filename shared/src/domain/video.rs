@@ -36,7 +36,8 @@ pub struct VideoRequest {
     /// "std" (default) or "pro".
     pub mode: Option<String>,
     /// Seconds: 5 (default) or 10.
-    pub duration: Option<u32>,
+    #[serde(default, deserialize_with = "crate::domain::error::whole_number")]
+    pub duration: Option<i64>,
     /// "16:9" (default), "9:16" or "1:1"; not for image to video.
     pub aspect_ratio: Option<String>,
     /// An http(s) image to animate: makes it image to video.
@@ -92,13 +93,16 @@ impl VideoRequest {
         one_of("model", &model, VIDEO_MODELS)?;
         let mode = normalize_token(self.mode.as_deref().unwrap_or("std"));
         one_of("mode", &mode, VIDEO_MODES)?;
-        let duration = self.duration.unwrap_or(5);
-        if duration != 5 && duration != 10 {
-            return Err(ValidationError::new(
-                "duration",
-                format!("must be 5 or 10 seconds (got {duration})"),
-            ));
-        }
+        let duration: u32 = match self.duration.unwrap_or(5) {
+            5 => 5,
+            10 => 10,
+            other => {
+                return Err(ValidationError::new(
+                    "duration",
+                    format!("must be 5 or 10 seconds (got {other})"),
+                ));
+            }
+        };
         let cfg_scale = self.cfg_scale.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&cfg_scale) {
             return Err(ValidationError::new(

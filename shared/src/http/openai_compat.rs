@@ -43,7 +43,8 @@ pub(super) struct SpeechBody {
 pub(super) struct ImagesBody {
     prompt: Option<String>,
     model: Option<String>,
-    n: Option<u32>,
+    #[serde(default, deserialize_with = "crate::domain::error::whole_number")]
+    n: Option<i64>,
     size: Option<String>,
     quality: Option<String>,
     style: Option<String>,
