@@ -638,6 +638,70 @@ print(len(data), data[:4].decode("latin-1"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_attempt() {
+    // The provider takes 3 s: the second delivery comes while the first is still waiting on it.
+    let sim = sim_with(SimConfig {
+        speech_latency: Duration::from_secs(3),
+        ..SimConfig::default()
+    })
+    .await;
+    let sdk = sdk().await;
+    let store = dynamo(&sdk);
+    let queue = jobs_queue(&sdk).await;
+    let config = jobs_config(&sim, &queue);
+    let base = serve_app(&config, Function::Tts).await;
+    let user = users(&store, 1, 100).await.remove(0);
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/media/tts"))
+        .bearer_auth(&user.api_key)
+        .header("prefer", "respond-async")
+        .json(&json!({"text": format!("again {}", generate_request_id())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (service, _) =
+        media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
+            .await
+            .unwrap();
+    let service = std::sync::Arc::new(service);
+    let message = media_cache::domain::JobMessage::settle(&job_id);
+    let first = tokio::spawn({
+        let (service, message) = (service.clone(), message.clone());
+        async move { service.process_job(&message).await }
+    });
+    // Wait until the first delivery's attempt is at the provider (the job is `processing`).
+    for _ in 0..300 {
+        if sim.calls(Endpoint::Speech) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sim.calls(Endpoint::Speech),
+        1,
+        "the first attempt is running"
+    );
+    service.process_job(&message).await.unwrap();
+    assert_eq!(
+        sim.calls(Endpoint::Speech),
+        1,
+        "the second delivery leaves the job to the running attempt"
+    );
+    first.await.unwrap().unwrap();
+    let job = store.job(&job_id).await.unwrap().unwrap();
+    assert_eq!(job.status, media_cache::domain::JobStatus::Completed);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(sim.calls(Endpoint::Speech), 1);
+    assert_eq!(balanced(&store, &user).await, 100 - job.credits_charged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settlement_delivered_twice_at_once_calls_the_provider_once() {
     let sim = sim_with(SimConfig {
         speech_latency: Duration::from_millis(600),

@@ -216,10 +216,16 @@ pub trait JobStore: Send + Sync {
     /// terminal; returns whether it was saved.
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
 
-    /// Saves `job` as the next attempt at it: only while the stored job is open and its
-    /// `attempts` is still one less than `job.attempts`. Of concurrent deliveries of one
-    /// settlement, one takes the attempt (and calls the provider); the others see false.
-    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError>;
+    /// Saves `job` as the next attempt at it: only while the stored job is open, its `attempts`
+    /// is still one less than `job.attempts`, and no earlier attempt may still be running (the
+    /// stored job is not `processing`, or that attempt began, `updated_at`, at or before
+    /// `lapsed_at`). Of deliveries of one settlement, at once or while an attempt runs, one
+    /// takes the attempt (and calls the provider); the others see false.
+    async fn claim_attempt(
+        &self,
+        job: &Job,
+        lapsed_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Saves the finished leader `job` and settles its cache entry in one transaction: `ready`
     /// replaces the entry unless another job's live pending claim holds it; None deletes the

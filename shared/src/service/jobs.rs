@@ -461,26 +461,36 @@ impl MediaService {
             tracing::error!(job_id = %job.id, "stored parameters unreadable");
             return self.fail_job(job, failure).await;
         };
+        let now = self.clock.now().trunc_subsecs(6);
         let job = Job {
             attempts: job.attempts + 1,
             status: JobStatus::Processing,
-            updated_at: self.clock.now().trunc_subsecs(6),
+            updated_at: now,
             ..job
         };
-        if !self.store.claim_attempt(&job).await? {
-            // Finished meanwhile, or another delivery of this settlement took the attempt: one
-            // provider call per attempt. That delivery may still die, and this one's success
-            // deletes the message they share: look again once its attempt must be over.
+        // An attempt is over by its budget and the margin after it (the worker stops it then);
+        // before that, one still `processing` may be running in another delivery.
+        let attempt_time = parts.miss.worker_budget + parts.miss.settle_margin;
+        let lapsed_at = now
+            - chrono::Duration::from_std(attempt_time)
+                .unwrap_or_else(|_| chrono::Duration::days(1));
+        if !self.store.claim_attempt(&job, lapsed_at).await? {
+            // Finished meanwhile, or another delivery of this settlement took the attempt or is
+            // still running it: one provider call per attempt. That delivery may still die, and
+            // this one's success deletes the message they share: look again once its attempt
+            // must be over.
             let still_open = self
                 .store
                 .job(&job.id)
                 .await?
                 .is_some_and(|j| !j.status.is_terminal());
             if still_open {
-                let later = parts.miss.worker_budget + parts.miss.settle_margin;
                 parts
                     .queue
-                    .send(message, later.min(std::time::Duration::from_secs(900)))
+                    .send(
+                        message,
+                        attempt_time.min(std::time::Duration::from_secs(900)),
+                    )
                     .await
                     .map_err(|e| ServiceError::Queue(e.0))?;
             }
@@ -494,13 +504,30 @@ impl MediaService {
             Ok(Err(e)) if !e.is_transient() => self.fail_job(job, failure_of(&e)).await,
             Ok(Err(e)) => {
                 tracing::warn!(job_id = %job.id, attempts = job.attempts, error = %e, "generation failed; trying again later");
-                self.poll_again(parts, message, &job).await
+                self.attempt_over(parts, message, job).await
             }
             Err(_) => {
                 tracing::warn!(job_id = %job.id, attempts = job.attempts, "generation ran out of time; trying again later");
-                self.poll_again(parts, message, &job).await
+                self.attempt_over(parts, message, job).await
             }
         }
+    }
+
+    /// An attempt that ended without a result lets go of the job (queued again), so the next
+    /// delivery may take the next attempt at once, then asks for that delivery.
+    async fn attempt_over(
+        &self,
+        parts: &JobParts,
+        message: &JobMessage,
+        job: Job,
+    ) -> Result<(), ServiceError> {
+        let job = Job {
+            status: JobStatus::Queued,
+            updated_at: self.clock.now().trunc_subsecs(6),
+            ..job
+        };
+        self.store.update_job(&job).await?;
+        self.poll_again(parts, message, &job).await
     }
 
     /// A completion step's outcome for its queue message: a job another delivery already

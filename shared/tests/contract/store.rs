@@ -877,37 +877,67 @@ pub async fn one_of_two_concurrent_claims_takes_an_attempt(store: Arc<dyn Store>
     let attempt = Job {
         attempts: leader.attempts + 1,
         status: JobStatus::Processing,
+        updated_at: t0() + Duration::minutes(1),
         ..leader.clone()
     };
-    let (a, b) = tokio::join!(store.claim_attempt(&attempt), store.claim_attempt(&attempt));
+    // Attempts begun before this are over; `attempt` begins after it.
+    let long_ago = t0();
+    let (a, b) = tokio::join!(
+        store.claim_attempt(&attempt, long_ago),
+        store.claim_attempt(&attempt, long_ago)
+    );
     assert_eq!(
         [a.unwrap(), b.unwrap()].iter().filter(|t| **t).count(),
         1,
         "one delivery takes it"
     );
     assert!(
-        !store.claim_attempt(&attempt).await.unwrap(),
+        !store.claim_attempt(&attempt, long_ago).await.unwrap(),
         "taken already"
     );
     let next = Job {
         attempts: attempt.attempts + 1,
+        updated_at: attempt.updated_at + Duration::minutes(1),
         ..attempt.clone()
     };
     assert!(
-        store.claim_attempt(&next).await.unwrap(),
-        "the next attempt"
+        !store.claim_attempt(&next, long_ago).await.unwrap(),
+        "not while the attempt before may still be running"
+    );
+    assert!(
+        store
+            .claim_attempt(&next, attempt.updated_at)
+            .await
+            .unwrap(),
+        "the next attempt, once the one before is over"
+    );
+    // An attempt that let go of the job (queued again) may be followed at once.
+    let let_go = Job {
+        status: JobStatus::Queued,
+        ..next.clone()
+    };
+    assert!(store.update_job(&let_go).await.unwrap());
+    let third = Job {
+        attempts: next.attempts + 1,
+        updated_at: next.updated_at + Duration::seconds(1),
+        ..next.clone()
+    };
+    assert!(
+        store.claim_attempt(&third, long_ago).await.unwrap(),
+        "right after an attempt let go"
     );
     let failed = Job {
         status: JobStatus::Failed,
-        ..next.clone()
+        ..third.clone()
     };
     assert!(store.finish_job(&failed, None).await.unwrap());
     let after = Job {
-        attempts: next.attempts + 1,
-        ..next
+        attempts: third.attempts + 1,
+        updated_at: third.updated_at + Duration::days(1),
+        ..third
     };
     assert!(
-        !store.claim_attempt(&after).await.unwrap(),
+        !store.claim_attempt(&after, third.updated_at).await.unwrap(),
         "never once finished"
     );
 }

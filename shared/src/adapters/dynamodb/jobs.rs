@@ -1,12 +1,13 @@
 use super::item::{job_item, job_key, parse_job, unchanged};
 use super::tx::{Charged, TransactFailure, contended, retrying, transact};
-use super::{DynamoStore, Item, build_err, get_s, key, n, s, store_err};
+use super::{DynamoStore, Item, build_err, get_s, iso, key, n, s, store_err};
 use crate::domain::{CacheEntry, CacheKey, Charge, EntryStatus, Job, JobStatus};
 use crate::ports::{ChargeError, JobStart, JobStore, StoreError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     ConditionCheck, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 /// The condition that a stored job is not finished.
@@ -26,18 +27,28 @@ impl DynamoStore {
             .map_err(build_err)
     }
 
-    /// Saves `job` while the stored one is open (and, when given, still at `prior` attempts);
-    /// returns whether it was saved.
-    async fn save_open_job(&self, job: &Job, prior: Option<u32>) -> Result<bool, StoreError> {
+    /// Saves `job` while the stored one is open (and, when given, still at the prior attempt
+    /// count with no attempt begun after the given time still `processing`); returns whether it
+    /// was saved.
+    async fn save_open_job(
+        &self,
+        job: &Job,
+        prior: Option<(u32, DateTime<Utc>)>,
+    ) -> Result<bool, StoreError> {
         let put = self.put_open_job(job)?;
         let mut condition = JOB_OPEN.to_owned();
         let mut values = put
             .expression_attribute_values()
             .cloned()
             .unwrap_or_default();
-        if let Some(prior) = prior {
-            condition.push_str(" AND attempts = :prior");
+        if let Some((prior, lapsed_at)) = prior {
+            // Times are stored as fixed-width RFC 3339 (UTC, microseconds): they order as strings.
+            condition.push_str(
+                " AND attempts = :prior AND (#status <> :processing OR updated_at <= :lapsed)",
+            );
             values.insert(":prior".into(), n(prior));
+            values.insert(":processing".into(), s(JobStatus::Processing.as_str()));
+            values.insert(":lapsed".into(), s(iso(lapsed_at)));
         }
         let request = self
             .client
@@ -224,9 +235,9 @@ impl JobStore for DynamoStore {
         self.save_open_job(job, None).await
     }
 
-    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError> {
+    async fn claim_attempt(&self, job: &Job, lapsed_at: DateTime<Utc>) -> Result<bool, StoreError> {
         match job.attempts.checked_sub(1) {
-            Some(prior) => self.save_open_job(job, Some(prior)).await,
+            Some(prior) => self.save_open_job(job, Some((prior, lapsed_at))).await,
             None => Ok(false),
         }
     }

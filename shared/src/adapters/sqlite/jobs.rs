@@ -1,7 +1,7 @@
 use super::schema::{JOB_COLUMNS, job_from_row, read_entry, read_job, write_entry, write_job};
 use super::tx::charge_in;
 use super::{SqliteStore, db_err};
-use crate::domain::{CacheEntry, Charge, EntryStatus, Job};
+use crate::domain::{CacheEntry, Charge, EntryStatus, Job, JobStatus};
 use crate::ports::{ChargeError, JobStart, JobStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -95,12 +95,21 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn claim_attempt(&self, job: &Job) -> Result<bool, StoreError> {
+    async fn claim_attempt(
+        &self,
+        job: &Job,
+        lapsed_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
         let job = job.clone();
         self.write(move |tx| {
             let prior = job.attempts.checked_sub(1);
             let current = read_job(tx, &job.id).map_err(db_err)?;
-            if !current.is_some_and(|c| !c.status.is_terminal() && Some(c.attempts) == prior) {
+            let claimable = current.is_some_and(|c| {
+                !c.status.is_terminal()
+                    && Some(c.attempts) == prior
+                    && (c.status != JobStatus::Processing || c.updated_at <= lapsed_at)
+            });
+            if !claimable {
                 return Ok(false);
             }
             write_job(tx, &job).map_err(db_err)?;
