@@ -3,6 +3,7 @@
 //! result downloads that fail the job and refund it.
 
 use integration_tests::{TestApp, test_config};
+use media_cache::ports::JobStore;
 use provider_sim::{Endpoint, FaultKind, FaultRule};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -384,4 +385,43 @@ async fn a_leader_waiting_on_the_worker_gets_the_result_when_it_comes_in_time() 
     assert!(answer.json["url"].is_string());
     assert_eq!(app.sim_calls(Endpoint::Speech), 1);
     assert_eq!(app.balance(&user).await, 98);
+}
+
+#[tokio::test]
+async fn a_worker_attempt_that_fails_for_now_lets_the_next_delivery_try_at_once() {
+    // The service clock never moves here: the next attempt may not wait for the failed one's
+    // time to run out, only for the job to be let go.
+    let app = TestApp::start().await;
+    let user = app.user(100).await;
+    app.inject(FaultRule {
+        endpoint: Some(Endpoint::Speech),
+        kind: FaultKind::ServerError { status: 503 },
+        // The first attempt's call and both its retries.
+        times: Some(3),
+    });
+    let answer = app
+        .post_raw(
+            TTS,
+            Some(&user.api_key),
+            &[("prefer", "respond-async")],
+            json!({"text": "second attempt"}).to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{:?}", answer.json);
+    let job_id = answer.json["job_id"].as_str().unwrap();
+    let job = app.wait_job(&user, job_id).await;
+    assert_eq!(job.json["status"], "completed", "{:?}", job.json);
+    assert_eq!(
+        app.sim_calls(Endpoint::Speech),
+        4,
+        "three refused, then one"
+    );
+    let stored = app.server.store.job(job_id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 2);
+    assert_eq!(
+        app.request_ledger(&user, answer.header("x-request-id"))
+            .await,
+        vec![("miss", -2)],
+        "charged once"
+    );
 }

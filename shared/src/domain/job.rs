@@ -51,12 +51,15 @@ impl JobStatus {
     }
 
     /// Whether a job in this state may move to `next` (staying put counts while not terminal).
+    /// A worker's attempt that ends without a result puts its job back in the queue.
     pub fn can_move_to(self, next: JobStatus) -> bool {
         use JobStatus::*;
         matches!(
             (self, next),
-            (Queued, Queued | Processing | Completed | Failed)
-                | (Processing, Processing | Completed | Failed)
+            (
+                Queued | Processing,
+                Queued | Processing | Completed | Failed
+            )
         )
     }
 }
@@ -220,7 +223,7 @@ mod tests {
         assert!(Queued.can_move_to(Processing));
         assert!(Processing.can_move_to(Completed));
         assert!(Processing.can_move_to(Failed));
-        assert!(!Processing.can_move_to(Queued));
+        assert!(Processing.can_move_to(Queued), "an attempt let go");
         for s in [Queued, Processing, Completed, Failed] {
             assert_eq!(JobStatus::parse(s.as_str()), Some(s));
         }

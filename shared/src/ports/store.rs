@@ -213,7 +213,8 @@ pub trait JobStore: Send + Sync {
     async fn job(&self, job_id: &str) -> Result<Option<Job>, StoreError>;
 
     /// Saves `job` (status, task, attempts, result, failure) unless the stored one is already
-    /// terminal; returns whether it was saved.
+    /// terminal, or `job` is open and the stored one is at a later attempt (a late writer never
+    /// takes a job back to an attempt before the running one); returns whether it was saved.
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError>;
 
     /// Saves `job` as the next attempt at it: only while the stored job is open, its `attempts`

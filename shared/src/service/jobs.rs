@@ -461,6 +461,8 @@ impl MediaService {
             tracing::error!(job_id = %job.id, "stored parameters unreadable");
             return self.fail_job(job, failure).await;
         };
+        // The attempt's budget starts before its claim: the lease others see counts from here.
+        let started = tokio::time::Instant::now();
         let now = self.clock.now().trunc_subsecs(6);
         let job = Job {
             attempts: job.attempts + 1,
@@ -496,7 +498,7 @@ impl MediaService {
             }
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + parts.miss.worker_budget;
+        let deadline = started + parts.miss.worker_budget;
         let generated =
             tokio::time::timeout_at(deadline, self.generate_now(&generator, deadline)).await;
         match generated {

@@ -911,6 +911,18 @@ pub async fn one_of_two_concurrent_claims_takes_an_attempt(store: Arc<dyn Store>
             .unwrap(),
         "the next attempt, once the one before is over"
     );
+    let late_release = Job {
+        status: JobStatus::Queued,
+        ..attempt.clone()
+    };
+    assert!(
+        !store.update_job(&late_release).await.unwrap(),
+        "the attempt before, ending late, never takes the job back from the running one"
+    );
+    assert_eq!(
+        store.job(&next.id).await.unwrap().unwrap().attempts,
+        next.attempts
+    );
     // An attempt that let go of the job (queued again) may be followed at once.
     let let_go = Job {
         status: JobStatus::Queued,

@@ -27,13 +27,13 @@ impl DynamoStore {
             .map_err(build_err)
     }
 
-    /// Saves `job` while the stored one is open (and, when given, still at the prior attempt
+    /// Saves `job` while the stored one is open (and, for a claim, still at the prior attempt
     /// count with no attempt begun after the given time still `processing`); returns whether it
-    /// was saved.
+    /// was saved. A save that leaves the job open never takes it back to an earlier attempt.
     async fn save_open_job(
         &self,
         job: &Job,
-        prior: Option<(u32, DateTime<Utc>)>,
+        claim: Option<(u32, DateTime<Utc>)>,
     ) -> Result<bool, StoreError> {
         let put = self.put_open_job(job)?;
         let mut condition = JOB_OPEN.to_owned();
@@ -41,7 +41,7 @@ impl DynamoStore {
             .expression_attribute_values()
             .cloned()
             .unwrap_or_default();
-        if let Some((prior, lapsed_at)) = prior {
+        if let Some((prior, lapsed_at)) = claim {
             // Times are stored as fixed-width RFC 3339 (UTC, microseconds): they order as strings.
             condition.push_str(
                 " AND attempts = :prior AND (#status <> :processing OR updated_at <= :lapsed)",
@@ -49,6 +49,9 @@ impl DynamoStore {
             values.insert(":prior".into(), n(prior));
             values.insert(":processing".into(), s(JobStatus::Processing.as_str()));
             values.insert(":lapsed".into(), s(iso(lapsed_at)));
+        } else if !job.status.is_terminal() {
+            condition.push_str(" AND (attribute_not_exists(attempts) OR attempts <= :attempts)");
+            values.insert(":attempts".into(), n(job.attempts));
         }
         let request = self
             .client

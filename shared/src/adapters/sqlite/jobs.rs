@@ -86,7 +86,11 @@ impl JobStore for SqliteStore {
     async fn update_job(&self, job: &Job) -> Result<bool, StoreError> {
         let job = job.clone();
         self.write(move |tx| {
-            if !job_is_open(tx, &job.id).map_err(db_err)? {
+            let current = read_job(tx, &job.id).map_err(db_err)?;
+            let saved = current.is_some_and(|c| {
+                !c.status.is_terminal() && (job.status.is_terminal() || c.attempts <= job.attempts)
+            });
+            if !saved {
                 return Ok(false);
             }
             write_job(tx, &job).map_err(db_err)?;
