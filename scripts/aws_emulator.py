@@ -4,6 +4,7 @@
     aws_emulator.py setup TABLE BUCKET  create the table (PK/SK, on-demand, TTL on `ttl`) and bucket
     aws_emulator.py item TABLE PK SK    print one item as DynamoDB's typed JSON (an independent
                                         client's view, for the data-model test)
+    aws_emulator.py queue NAME          create an SQS queue (if missing) and print its URL
 
 The endpoint comes from AWS_ENDPOINT_URL.
 """
@@ -53,6 +54,10 @@ def setup(table: str, bucket: str) -> None:
     client("s3").create_bucket(Bucket=bucket)
 
 
+def queue(name: str) -> None:
+    print(client("sqs").create_queue(QueueName=name)["QueueUrl"])
+
+
 def item(table: str, pk: str, sk: str) -> None:
     found = client("dynamodb").get_item(
         TableName=table, Key={"PK": {"S": pk}, "SK": {"S": sk}}, ConsistentRead=True
@@ -62,4 +67,4 @@ def item(table: str, pk: str, sk: str) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"wait": wait, "setup": setup, "item": item}[command](*args)
+    {"wait": wait, "setup": setup, "item": item, "queue": queue}[command](*args)

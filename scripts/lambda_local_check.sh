@@ -10,6 +10,7 @@
 # cargo-lambda (in .venv from scripts/requirements-test.txt) and ends with "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/sample_events.sh
 
 VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
@@ -110,15 +111,11 @@ invoke() {
     timeout 600 cargo lambda invoke --invoke-address 127.0.0.1 --invoke-port "$PORT" "$1" \
         --data-file "events/$2" 2>&1
 }
-declare -A EXPECTED
-while read -r file function status; do
-    EXPECTED[$file]="$function $status"
-done < <(sed -nE 's/^ *"([a-z-]+\.json)" => \(Function::([A-Za-z]+), ([0-9]+)\),.*/\1 \2 \3/p' tests/aws/events.rs)
-[ "${#EXPECTED[@]}" -ge 13 ] || abort "tests/aws/events.rs: expected statuses not found"
+load_expected || abort "tests/aws/events.rs: expected statuses not found"
 QUEUED_JOBS=()
 for path in events/*.json; do
     file=$(basename "$path")
-    [ "$file" = completion-sqs.json ] && continue
+    is_http_event "$file" || continue # the SQS event is invoked below
     if [ -z "${EXPECTED[$file]:-}" ]; then
         fail "events/$file has no expected status in tests/aws/events.rs"
         continue

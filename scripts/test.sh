@@ -6,10 +6,11 @@
 # against `mediactl serve` (scripts/schemathesis.sh).
 #
 #     scripts/test.sh            every test, then schemathesis, the OpenAI SDK against `serve`
-#                                (scripts/openai_sdk_check.sh) and the README's "Run a function
-#                                locally" with cargo-lambda (scripts/lambda_local_check.sh)
+#                                (scripts/openai_sdk_check.sh), the README's "Run a function
+#                                locally" with cargo-lambda (scripts/lambda_local_check.sh) and
+#                                its "Run a function with `sam local invoke`" (scripts/sam-local.sh)
 #     scripts/test.sh FILTER     only the tests whose name contains FILTER (cargo test -- FILTER),
-#                                after the same formatting and lint checks; none of those three
+#                                after the same formatting and lint checks; none of those four
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -147,6 +148,8 @@ if ((! $#)); then
         timeout -k 30 600 scripts/openai_sdk_check.sh target/debug/mediactl
     run_check lambda-local "README: run a function locally (cargo lambda watch, invoke, mediactl worker)" \
         timeout -k 60 1800 scripts/lambda_local_check.sh
+    run_check sam-local "README: run a function with sam local invoke (sam build, Docker, every event)" \
+        timeout -k 90 2400 scripts/sam-local.sh
 fi
 echo "tests: $passed passed, $failed failed"
 exit "$status"
