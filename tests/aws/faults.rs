@@ -637,11 +637,21 @@ print(len(data), data[:4].decode("latin-1"))
     assert_eq!(sim.calls(Endpoint::Speech), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_attempt() {
-    // The provider takes 3 s: the second delivery comes while the first is still waiting on it.
+/// A speech job handed to the worker at once (`Prefer: respond-async`) on a simulator whose
+/// speech takes `latency`, with the completion step's service to deliver its settlement by hand.
+struct HandedOver {
+    sim: SimHandle,
+    store: DynamoStore,
+    queue: String,
+    config: LambdaConfig,
+    user: NewUser,
+    job_id: String,
+    service: std::sync::Arc<media_cache::service::MediaService>,
+}
+
+async fn handed_over_speech_job(latency: Duration) -> HandedOver {
     let sim = sim_with(SimConfig {
-        speech_latency: Duration::from_secs(3),
+        speech_latency: latency,
         ..SimConfig::default()
     })
     .await;
@@ -655,7 +665,7 @@ async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_a
         .post(format!("{base}/api/v1/media/tts"))
         .bearer_auth(&user.api_key)
         .header("prefer", "respond-async")
-        .json(&json!({"text": format!("again {}", generate_request_id())}))
+        .json(&json!({"text": format!("handed over {}", generate_request_id())}))
         .send()
         .await
         .unwrap();
@@ -664,12 +674,32 @@ async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_a
         .as_str()
         .unwrap()
         .to_owned();
-
     let (service, _) =
         media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
             .await
             .unwrap();
-    let service = std::sync::Arc::new(service);
+    HandedOver {
+        sim,
+        store,
+        queue,
+        config,
+        user,
+        job_id,
+        service,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_attempt() {
+    // The provider takes 3 s: the second delivery comes while the first is still waiting on it.
+    let HandedOver {
+        sim,
+        store,
+        user,
+        job_id,
+        service,
+        ..
+    } = handed_over_speech_job(Duration::from_secs(3)).await;
     let message = media_cache::domain::JobMessage::settle(&job_id);
     let first = tokio::spawn({
         let (service, message) = (service.clone(), message.clone());
@@ -703,37 +733,17 @@ async fn a_settlement_delivered_again_while_its_attempt_runs_leaves_it_to_that_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settlement_delivered_twice_at_once_calls_the_provider_once() {
-    let sim = sim_with(SimConfig {
-        speech_latency: Duration::from_millis(600),
-        ..SimConfig::default()
-    })
-    .await;
-    let sdk = sdk().await;
-    let store = dynamo(&sdk);
-    let queue = jobs_queue(&sdk).await;
-    let config = jobs_config(&sim, &queue);
-    let base = serve_app(&config, Function::Tts).await;
-    let user = users(&store, 1, 100).await.remove(0);
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{base}/api/v1/media/tts"))
-        .bearer_auth(&user.api_key)
-        .header("prefer", "respond-async")
-        .json(&json!({"text": format!("twice {}", generate_request_id())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
-    let job_id = resp.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let HandedOver {
+        sim,
+        store,
+        queue,
+        config,
+        user,
+        job_id,
+        service,
+    } = handed_over_speech_job(Duration::from_millis(600)).await;
 
     // SQS delivers at least once: two workers get the same settlement at the same time.
-    let (service, _) =
-        media_cache::lambda::service(&config, &sdk, media_cache::lambda::Role::Completion)
-            .await
-            .unwrap();
     let message = media_cache::domain::JobMessage::settle(&job_id);
     let (a, b) = tokio::join!(service.process_job(&message), service.process_job(&message));
     a.unwrap();
