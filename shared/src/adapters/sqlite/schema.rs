@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS admin_keys (
     digest TEXT PRIMARY KEY REFERENCES api_keys(digest)
 );
+-- One line per (user, request, reason), in the order written (rowid). `sk` is DynamoDB's sort key,
+-- made of the time and that triple: no index of its own, so a hit writes two B-trees, not three.
 CREATE TABLE IF NOT EXISTS ledger (
     user_id TEXT NOT NULL REFERENCES users(id),
     sk TEXT NOT NULL,                 -- LEDGER#{time}#{request id}#{reason}
@@ -47,7 +49,6 @@ CREATE TABLE IF NOT EXISTS ledger (
     reason TEXT NOT NULL,
     cache_key TEXT,
     job_id TEXT,
-    PRIMARY KEY (user_id, sk),
     UNIQUE (user_id, request_id, reason)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -97,9 +98,21 @@ CREATE INDEX IF NOT EXISTS queue_visible ON queue (dead, visible_at);
 ";
 
 /// Schema version 2 added jobs, the queue and the pending columns of cache entries; version 3
-/// the daily limit and spend of users.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// the daily limit and spend of users; version 4 dropped the ledger's index on `sk`.
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
+/// Version 4's ledger is rebuilt from an older one: the old table is set aside, [`SCHEMA`]
+/// creates the new one, and its lines are copied over with their order (rowids). The old table
+/// had `PRIMARY KEY (user_id, sk)` as well, implied by the unique triple (`sk` is made of it)
+/// and kept up on every write for nothing.
+pub(super) const SET_ASIDE_LEDGER: &str = "ALTER TABLE ledger RENAME TO ledger_v3;";
+
+/// See [`SET_ASIDE_LEDGER`].
+pub(super) const COPY_LEDGER: &str = "
+INSERT INTO ledger (rowid, user_id, sk, at, request_id, amount, reason, cache_key, job_id)
+    SELECT rowid, user_id, sk, at, request_id, amount, reason, cache_key, job_id FROM ledger_v3;
+DROP TABLE ledger_v3;
+";
 /// The user columns of the daily limit, added by version 3 (see `migrate`).
 pub(super) const ADD_DAILY_SPEND: &str = "
 ALTER TABLE users ADD COLUMN daily_limit INTEGER;
