@@ -86,7 +86,11 @@ pub struct CacheKey {
 impl CacheKey {
     /// The key of `params` (normalised parameters) of `media_type`.
     pub fn of<P: Serialize>(media_type: MediaType, params: &P) -> Self {
-        let canonical = canonical_json(params);
+        Self::of_canonical(media_type, &canonical_json(params))
+    }
+
+    /// The key of parameters already in their canonical JSON (`canonical_json`).
+    pub fn of_canonical(media_type: MediaType, canonical: &str) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(format!("v{KEY_FORMAT_VERSION}\n{media_type}\n").as_bytes());
         hasher.update(canonical.as_bytes());

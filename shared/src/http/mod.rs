@@ -674,26 +674,48 @@ async fn result(
     generation: Generation,
 ) -> Result<Response, ApiError> {
     let (urls, expires_at) = presign_keys(state, call, &generation.object_keys).await?;
-    let body = json!({
-        "id": generation.id,
-        "status": "completed",
-        "media_type": generation.media_type,
-        "url": urls.first(),
-        "urls": urls,
-        "content_type": generation.content_type,
-        "cached": generation.outcome == crate::service::CacheOutcome::Hit,
-        "credits_charged": generation.credits_charged,
-        "credits_remaining": generation.credits_remaining,
-        "cache_key": generation.cache_key,
-        "provider": generation.provider,
-        "model": generation.model,
-        "created_at": generation.created_at,
-        "expires_at": expires_at,
-        "cache_expires_at": generation.cache_expires_at,
-    });
+    let body = ResultBody {
+        cache_expires_at: generation.cache_expires_at,
+        cache_key: &generation.cache_key,
+        cached: generation.outcome == crate::service::CacheOutcome::Hit,
+        content_type: &generation.content_type,
+        created_at: generation.created_at,
+        credits_charged: generation.credits_charged,
+        credits_remaining: generation.credits_remaining,
+        expires_at,
+        id: &generation.id,
+        media_type: generation.media_type,
+        model: &generation.model,
+        provider: &generation.provider,
+        status: "completed",
+        url: urls.first().map(String::as_str),
+        urls: &urls,
+    };
     Ok(with_cache_headers(
         Json(body).into_response(),
         call,
         &generation,
     ))
+}
+
+/// The body of a result (the `MediaResult` schema). A struct rather than a `json!` map: every
+/// hit renders one, and a map allocates each key and value on the way. Fields in alphabetical
+/// order, as the map wrote them.
+#[derive(serde::Serialize)]
+struct ResultBody<'a> {
+    cache_expires_at: Option<DateTime<Utc>>,
+    cache_key: &'a str,
+    cached: bool,
+    content_type: &'a str,
+    created_at: DateTime<Utc>,
+    credits_charged: u64,
+    credits_remaining: u64,
+    expires_at: DateTime<Utc>,
+    id: &'a str,
+    media_type: MediaType,
+    model: &'a str,
+    provider: &'a str,
+    status: &'static str,
+    url: Option<&'a str>,
+    urls: &'a [String],
 }

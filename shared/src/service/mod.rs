@@ -274,10 +274,12 @@ impl MediaJob {
     }
 
     fn of<N: NormalizedMedia>(norm: &N, price: u64, provider: &str, generator: Generator) -> Self {
+        // The canonical JSON is both stored and hashed: made once.
+        let params = canonical_json(norm);
         Self {
-            cache_key: norm.cache_key(),
+            cache_key: CacheKey::of_canonical(N::MEDIA_TYPE, &params),
             price,
-            params: canonical_json(norm),
+            params,
             content_type: norm.content_type(),
             provider: provider.to_owned(),
             model: norm.model().to_owned(),

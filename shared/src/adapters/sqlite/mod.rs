@@ -335,8 +335,25 @@ mod tests {
                 .credits_remaining,
             7
         );
+        // `sk` reads as it was stored, for old lines and new ones alike.
+        let at = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
+        store.grant("usr_old", 5, "g2", at).await.unwrap();
+        let sk = |request_id: &str| -> String {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT sk FROM ledger WHERE request_id = ?1",
+                    [request_id],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(sk("z"), "LEDGER#2026-11-25T12:00:01.000000Z#z#hit");
+        assert_eq!(sk("g2"), "LEDGER#2026-11-26T00:00:00.000000Z#g2#grant");
         drop(store);
         let reopened = SqliteStore::open(&path).unwrap();
+        let mut expected = expected;
+        expected.insert(0, ("g2".to_owned(), 5));
         assert_eq!(lines(&reopened).await, expected);
     }
 }

@@ -19,16 +19,14 @@ pub(super) fn insert_ledger(
         // See `debit`: a ledger line must never commit alone.
         return Err(rusqlite::Error::InvalidQuery);
     }
-    let at = iso(at);
-    let sk = format!("LEDGER#{at}#{request_id}#{}", reason.as_str());
+    // `sk` (LEDGER#{at}#{request id}#{reason}) is computed by the table.
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO ledger (user_id, sk, at, request_id, amount, reason, cache_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR IGNORE INTO ledger (user_id, at, request_id, amount, reason, cache_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         user_id,
-        sk,
-        at,
+        iso(at),
         request_id,
         amount,
         reason.as_str(),
