@@ -335,7 +335,7 @@ mod tests {
                 .credits_remaining,
             7
         );
-        // `sk` reads as it was stored, for old lines and new ones alike.
+        // `sk` is kept for old lines and written for new ones.
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
         store.grant("usr_old", 5, "g2", at).await.unwrap();
         let sk = |request_id: &str| -> String {
@@ -350,10 +350,21 @@ mod tests {
         };
         assert_eq!(sk("z"), "LEDGER#2026-11-25T12:00:01.000000Z#z#hit");
         assert_eq!(sk("g2"), "LEDGER#2026-11-26T00:00:00.000000Z#g2#grant");
+        // A build of version 3 (which lists `sk` in its insert) still writes to the file, and the
+        // unique triple still refuses its duplicates.
+        let old_build_insert = "INSERT OR IGNORE INTO ledger
+            (user_id, sk, at, request_id, amount, reason, cache_key)
+            VALUES ('usr_old', 'LEDGER#2026-11-26T00:00:01.000000Z#h#hit',
+                    '2026-11-26T00:00:01.000000Z', 'h', -1, 'hit', 'CACHE#tts#c')";
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        assert_eq!(conn.execute(old_build_insert, []).unwrap(), 1);
+        assert_eq!(conn.execute(old_build_insert, []).unwrap(), 0);
+        drop(conn);
         drop(store);
         let reopened = SqliteStore::open(&path).unwrap();
         let mut expected = expected;
         expected.insert(0, ("g2".to_owned(), 5));
+        expected.insert(0, ("h".to_owned(), -1));
         assert_eq!(lines(&reopened).await, expected);
     }
 }

@@ -39,11 +39,11 @@ CREATE TABLE IF NOT EXISTS admin_keys (
     digest TEXT PRIMARY KEY REFERENCES api_keys(digest)
 );
 -- One line per (user, request, reason), in the order written (rowid). `sk` is DynamoDB's sort key,
--- made of the time and that triple: computed when read, neither stored nor indexed, so a hit
--- writes a shorter row and two B-trees, not three.
+-- made of the time and that triple: stored (older builds write it too) but not indexed, so a hit
+-- writes two B-trees, not three.
 CREATE TABLE IF NOT EXISTS ledger (
     user_id TEXT NOT NULL REFERENCES users(id),
-    sk TEXT GENERATED ALWAYS AS ('LEDGER#' || at || '#' || request_id || '#' || reason) VIRTUAL,
+    sk TEXT NOT NULL,                 -- LEDGER#{time}#{request id}#{reason}
     at TEXT NOT NULL,
     request_id TEXT NOT NULL,
     amount INTEGER NOT NULL,
@@ -105,14 +105,14 @@ pub(super) const SCHEMA_VERSION: i64 = 4;
 /// Version 4's ledger is rebuilt from an older one: the old table is set aside, [`SCHEMA`]
 /// creates the new one, and its lines are copied over with their order (rowids). The old table
 /// had `PRIMARY KEY (user_id, sk)` as well, implied by the unique triple (`sk` is made of it)
-/// and kept up on every write for nothing, and stored `sk`, which is now computed from the
-/// line's own columns (the same text `insert_ledger` wrote).
+/// and kept up on every write for nothing. The columns are unchanged, so a build of version 3
+/// still writes to a file of version 4.
 pub(super) const SET_ASIDE_LEDGER: &str = "ALTER TABLE ledger RENAME TO ledger_v3;";
 
 /// See [`SET_ASIDE_LEDGER`].
 pub(super) const COPY_LEDGER: &str = "
-INSERT INTO ledger (rowid, user_id, at, request_id, amount, reason, cache_key, job_id)
-    SELECT rowid, user_id, at, request_id, amount, reason, cache_key, job_id FROM ledger_v3;
+INSERT INTO ledger (rowid, user_id, sk, at, request_id, amount, reason, cache_key, job_id)
+    SELECT rowid, user_id, sk, at, request_id, amount, reason, cache_key, job_id FROM ledger_v3;
 DROP TABLE ledger_v3;
 ";
 /// The user columns of the daily limit, added by version 3 (see `migrate`).

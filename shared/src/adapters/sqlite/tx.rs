@@ -19,14 +19,16 @@ pub(super) fn insert_ledger(
         // See `debit`: a ledger line must never commit alone.
         return Err(rusqlite::Error::InvalidQuery);
     }
-    // `sk` (LEDGER#{at}#{request id}#{reason}) is computed by the table.
+    let at = iso(at);
+    let sk = format!("LEDGER#{at}#{request_id}#{}", reason.as_str());
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO ledger (user_id, at, request_id, amount, reason, cache_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO ledger (user_id, sk, at, request_id, amount, reason, cache_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         user_id,
-        iso(at),
+        sk,
+        at,
         request_id,
         amount,
         reason.as_str(),
