@@ -115,6 +115,7 @@ INSERT INTO ledger (rowid, user_id, sk, at, request_id, amount, reason, cache_ke
     SELECT rowid, user_id, sk, at, request_id, amount, reason, cache_key, job_id FROM ledger_v3;
 DROP TABLE ledger_v3;
 ";
+
 /// The user columns of the daily limit, added by version 3 (see `migrate`).
 pub(super) const ADD_DAILY_SPEND: &str = "
 ALTER TABLE users ADD COLUMN daily_limit INTEGER;
