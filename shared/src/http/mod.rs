@@ -22,7 +22,7 @@ use crate::service::{
 use crate::telemetry;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -214,7 +214,15 @@ async fn tts(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, deadline, body, MediaRequest::Tts).await
+    generate(
+        &state,
+        &headers,
+        deadline,
+        body,
+        MediaType::Tts,
+        MediaRequest::Tts,
+    )
+    .await
 }
 
 async fn image(
@@ -223,7 +231,15 @@ async fn image(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, deadline, body, MediaRequest::Image).await
+    generate(
+        &state,
+        &headers,
+        deadline,
+        body,
+        MediaType::Image,
+        MediaRequest::Image,
+    )
+    .await
 }
 
 async fn music(
@@ -232,7 +248,15 @@ async fn music(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, deadline, body, MediaRequest::Music).await
+    generate(
+        &state,
+        &headers,
+        deadline,
+        body,
+        MediaType::Music,
+        MediaRequest::Music,
+    )
+    .await
 }
 
 async fn video(
@@ -241,7 +265,15 @@ async fn video(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    generate(&state, &headers, deadline, body, MediaRequest::Video).await
+    generate(
+        &state,
+        &headers,
+        deadline,
+        body,
+        MediaType::Video,
+        MediaRequest::Video,
+    )
+    .await
 }
 
 /// `GET /api/v1/media/jobs/{id}`: the caller's job, with fresh URLs once it is complete.
@@ -283,7 +315,7 @@ async fn job(
         body["refunded"] = json!(job.status == JobStatus::Failed);
     }
     let mut response = Json(body).into_response();
-    set_header(&mut response, "x-request-id", &call.request_id);
+    set_header(&mut response, X_REQUEST_ID, &call.request_id);
     Ok(response)
 }
 
@@ -321,7 +353,7 @@ async fn purge(
         .await
         .map_err(|e| ApiError::new(&call.request_id, e))?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    set_header(&mut response, "x-request-id", &call.request_id);
+    set_header(&mut response, X_REQUEST_ID, &call.request_id);
     Ok(response)
 }
 
@@ -339,20 +371,32 @@ fn poll_url(job_id: &str) -> String {
     format!("/api/v1/media/jobs/{job_id}")
 }
 
-/// Parses the body as `R`, runs the request through the service, renders the answer.
+/// Parses the body as `R` (unless the same bytes were prepared before), runs the request
+/// through the service, renders the answer.
 async fn generate<R: DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     deadline: Deadline,
     body: Result<Bytes, BytesRejection>,
+    media_type: MediaType,
     wrap: fn(R) -> MediaRequest,
 ) -> Result<Response, ApiError> {
     let mut call = call_context(headers)?;
     call.deadline = deadline.map(|Extension(d)| d.0);
-    let req = wrap(parse_body(&call.request_id, body)?);
+    let body = body_bytes(&call.request_id, body)?;
+    let prepared = match state.service.prepared(media_type, &body) {
+        Some(prepared) => prepared,
+        None => {
+            let req = wrap(parse_json(&call.request_id, &body)?);
+            state
+                .service
+                .prepare_body(&req, &body)
+                .map_err(|e| ApiError::new(&call.request_id, e))?
+        }
+    };
     let generation = state
         .service
-        .generate(&call, &req)
+        .serve_prepared(&call, prepared)
         .await
         .map_err(|e| ApiError::new(&call.request_id, e))?;
     answer(state, &call, generation).await
@@ -379,7 +423,7 @@ async fn credits(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         "ledger": statement.ledger,
     });
     let mut response = Json(body).into_response();
-    set_header(&mut response, "x-request-id", &call.request_id);
+    set_header(&mut response, X_REQUEST_ID, &call.request_id);
     Ok(response)
 }
 
@@ -499,15 +543,24 @@ fn parse_body<T: DeserializeOwned>(
     request_id: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| {
+    parse_json(request_id, &body_bytes(request_id, body)?)
+}
+
+/// The body's bytes, or why there are none (too large, not readable).
+fn body_bytes(request_id: &str, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::PayloadTooLarge(MAX_BODY_BYTES)
         } else {
             HttpError::MalformedBody(rejection.body_text())
         };
         ApiError::new(request_id, error)
-    })?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    })
+}
+
+/// `bytes` as JSON of `T`, or a 400 naming the field at fault.
+fn parse_json<T: DeserializeOwned>(request_id: &str, bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         // Name the field when the error is inside one ("`speed`: invalid type...").
         let message = match e.path().to_string().as_str() {
@@ -521,7 +574,16 @@ fn parse_body<T: DeserializeOwned>(
     Ok(value)
 }
 
-fn set_header(response: &mut Response, name: &'static str, value: &str) {
+// The API's own response headers, made once (a name given as text is parsed on every insert).
+pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub(crate) const X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
+pub(crate) const X_CREDITS_CHARGED: HeaderName = HeaderName::from_static("x-credits-charged");
+pub(crate) const X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(crate) const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+fn set_header(response: &mut Response, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, v);
     }
@@ -598,24 +660,24 @@ fn with_cache_headers<'a>(
             CacheOutcome::Coalesced => telemetry::Outcome::Coalesced,
         });
     }
-    set_header(&mut response, "x-cache", h.outcome.as_str());
-    set_header(&mut response, "x-cache-key", h.cache_key);
+    set_header(&mut response, X_CACHE, h.outcome.as_str());
+    set_header(&mut response, X_CACHE_KEY, h.cache_key);
     set_header(
         &mut response,
-        "x-credits-charged",
+        X_CREDITS_CHARGED,
         &h.credits_charged.to_string(),
     );
     set_header(
         &mut response,
-        "x-credits-remaining",
+        X_CREDITS_REMAINING,
         &h.credits_remaining.to_string(),
     );
-    set_header(&mut response, "x-request-id", &call.request_id);
+    set_header(&mut response, X_REQUEST_ID, &call.request_id);
     if h.replayed {
-        set_header(&mut response, "idempotent-replayed", "true");
+        set_header(&mut response, IDEMPOTENT_REPLAYED, "true");
     } else if let Some(age) = h.age_seconds {
         // RFC 9111: seconds since the stored response was made.
-        set_header(&mut response, "age", &age.to_string());
+        set_header(&mut response, header::AGE, &age.to_string());
     }
     let applied: Vec<String> = [
         call.prefer
@@ -627,7 +689,7 @@ fn with_cache_headers<'a>(
     .flatten()
     .collect();
     if !applied.is_empty() {
-        set_header(&mut response, "preference-applied", &applied.join(", "));
+        set_header(&mut response, PREFERENCE_APPLIED, &applied.join(", "));
     }
     response
 }
@@ -663,7 +725,7 @@ fn accepted(call: &CallContext, ticket: &JobTicket) -> Response {
         "created_at": ticket.created_at,
     });
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    set_header(&mut response, "location", &poll);
+    set_header(&mut response, header::LOCATION, &poll);
     with_cache_headers(response, call, ticket)
 }
 

@@ -151,7 +151,7 @@ pub(super) async fn speech(
         let mut response = StatusCode::SEE_OTHER.into_response();
         set_header(
             &mut response,
-            "location",
+            header::LOCATION,
             urls.first().map_or("", String::as_str),
         );
         return Ok(with_cache_headers(response, &call, &generation));
@@ -159,7 +159,7 @@ pub(super) async fn speech(
     let mut response = audio.into_response();
     set_header(
         &mut response,
-        header::CONTENT_TYPE.as_str(),
+        header::CONTENT_TYPE,
         &generation.content_type,
     );
     Ok(with_cache_headers(response, &call, &generation))

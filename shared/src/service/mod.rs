@@ -6,11 +6,13 @@ pub mod callbacks;
 pub mod error;
 mod jobs;
 mod miss;
+mod prepared;
 
 pub use callbacks::CallbackSigner;
 pub use error::ServiceError;
 pub use jobs::{CallbackOutcome, JobParts, JobPolicy, JobTicket};
 pub use miss::{MissPolicy, Prefer};
+pub use prepared::PreparedRequest;
 
 use crate::clock::Clock;
 use crate::domain::cache_key::canonical_json;
@@ -222,6 +224,7 @@ impl Generator {
 }
 
 /// What one request contributes to the shared flow.
+#[derive(Clone)]
 struct MediaJob {
     cache_key: CacheKey,
     price: u64,
@@ -299,6 +302,8 @@ pub struct MediaService {
     jobs: Option<JobParts>,
     /// Every entry private to its account, as if each request said `Cache-Control: private`.
     private_entries: bool,
+    /// Request bodies already prepared.
+    prepared: prepared::PreparedRequests,
 }
 
 impl MediaService {
@@ -320,6 +325,7 @@ impl MediaService {
             clock,
             jobs: None,
             private_entries: false,
+            prepared: Default::default(),
         }
     }
 
@@ -352,6 +358,39 @@ impl MediaService {
         call: &CallContext,
         req: &MediaRequest,
     ) -> Result<Answer, ServiceError> {
+        let prepared = self.prepare(req)?;
+        self.serve_prepared(call, prepared).await
+    }
+
+    /// [`MediaService::generate`] of a request prepared before.
+    pub async fn serve_prepared(
+        &self,
+        call: &CallContext,
+        prepared: PreparedRequest,
+    ) -> Result<Answer, ServiceError> {
+        self.serve(call, MediaJob::clone(&prepared.0)).await
+    }
+
+    /// The request of `media_type` whose JSON body is `body`, if the same bytes were prepared
+    /// by [`MediaService::prepare_body`] before.
+    pub fn prepared(&self, media_type: MediaType, body: &bytes::Bytes) -> Option<PreparedRequest> {
+        self.prepared.get(media_type, body)
+    }
+
+    /// Prepares `req`, parsed from `body`, and remembers it under those bytes.
+    pub fn prepare_body(
+        &self,
+        req: &MediaRequest,
+        body: &bytes::Bytes,
+    ) -> Result<PreparedRequest, ServiceError> {
+        let prepared = self.prepare(req)?;
+        self.prepared
+            .remember(prepared.0.cache_key.media_type(), body, &prepared);
+        Ok(prepared)
+    }
+
+    /// Normalises, prices and keys `req`.
+    pub fn prepare(&self, req: &MediaRequest) -> Result<PreparedRequest, ServiceError> {
         let job = match req {
             MediaRequest::Tts(req) => {
                 let norm = req.normalize()?;
@@ -386,7 +425,7 @@ impl MediaService {
                 MediaJob::of(&norm, price, &provider, Generator::Video(norm.clone()))
             }
         };
-        self.serve(call, job).await
+        Ok(PreparedRequest(Arc::new(job)))
     }
 
     /// The caller's balance and latest ledger lines.

@@ -1,4 +1,4 @@
-use super::tx::{charge_in, insert_ledger, refund_spend};
+use super::tx::{insert_ledger, refund_spend};
 use super::{SqliteStore, db_err};
 use crate::domain::{Charge, LedgerReason, Refund};
 use crate::ports::{ChargeError, CreditStore, StoreError};
@@ -15,14 +15,11 @@ impl CreditStore for SqliteStore {
             .then(|| (Arc::clone(&self.inner.memo), c.cache_key.to_string()));
         self.inner
             .writer
-            .write(
-                move |tx| charge_in(tx, &c),
-                move |committed| {
-                    if let (true, Some((memo, pk))) = (committed, counted) {
-                        memo.count_hit(&pk);
-                    }
-                },
-            )
+            .charge(c, move |committed| {
+                if let (true, Some((memo, pk))) = (committed, counted) {
+                    memo.count_hit(&pk);
+                }
+            })
             .await
     }
 

@@ -207,9 +207,130 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, Stor
 #[cfg(test)]
 mod tests {
     use super::SqliteStore;
-    use crate::domain::DailySpend;
-    use crate::ports::{AccountStore, ChargeError};
+    use crate::domain::{CacheKey, Charge, DailySpend, LedgerReason, MediaType};
+    use crate::ports::{AccountStore, ChargeError, CreditStore, StoreError};
     use chrono::{TimeZone, Utc};
+
+    fn hit(user_id: &str, n: usize) -> Charge {
+        Charge {
+            user_id: user_id.to_owned(),
+            amount: 1,
+            reason: LedgerReason::Hit,
+            request_id: format!("req_{user_id}_{n}"),
+            cache_key: CacheKey::of_canonical(MediaType::Tts, "{}"),
+            count_hit: false,
+            seen_balance: None,
+            seen_spend: None,
+            at: Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap(),
+        }
+    }
+
+    /// Charges sent while the writer is busy are applied together as one run in one commit; when
+    /// the run fails on the store's side (here a trigger refusing one user's update), it is
+    /// undone and each charge is made alone: that user's charges fail and nobody else's do.
+    #[tokio::test]
+    async fn charges_waiting_together_share_a_commit_and_a_failed_run_is_charged_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 11, 27, 0, 0, 0).unwrap();
+        for user in ["usr_a", "usr_b", "usr_bad"] {
+            store.create_user(user, at).await.unwrap();
+            store
+                .grant(user, 10, &format!("g_{user}"), at)
+                .await
+                .unwrap();
+        }
+
+        // Holds the writer while `charges` are sent, so they wait together for the next batch.
+        let batch = |charges: Vec<Charge>| {
+            let store = store.clone();
+            async move {
+                let (started, running) = tokio::sync::oneshot::channel::<()>();
+                let (held, hold) = tokio::sync::oneshot::channel::<()>();
+                let holding = tokio::spawn({
+                    let store = store.clone();
+                    async move {
+                        store
+                            .write(move |_| {
+                                let _ = started.send(());
+                                let _ = hold.blocking_recv();
+                                Ok::<_, StoreError>(())
+                            })
+                            .await
+                    }
+                });
+                running.await.unwrap();
+                let sent: Vec<_> = charges
+                    .into_iter()
+                    .map(|c| {
+                        let store = store.clone();
+                        tokio::spawn(async move { store.charge(&c).await })
+                    })
+                    .collect();
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                held.send(()).unwrap();
+                let mut results = Vec::new();
+                for s in sent {
+                    results.push(s.await.unwrap());
+                }
+                holding.await.unwrap().unwrap();
+                results
+            }
+        };
+
+        let before = store.group_commit_stats();
+        let results = batch(
+            (0..4)
+                .flat_map(|n| [hit("usr_a", n), hit("usr_b", n)])
+                .collect(),
+        )
+        .await;
+        let after = store.group_commit_stats();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            after.writes - before.writes,
+            9,
+            "the held write and 8 charges"
+        );
+        assert_eq!(
+            after.commits - before.commits,
+            2,
+            "the held write's commit, then one"
+        );
+
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse_bad BEFORE UPDATE ON users WHEN NEW.id = 'usr_bad'
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        let results = batch(
+            (4..7)
+                .flat_map(|n| [hit("usr_a", n), hit("usr_bad", n), hit("usr_b", n)])
+                .collect(),
+        )
+        .await;
+        for (i, r) in results.iter().enumerate() {
+            if i % 3 == 1 {
+                assert!(matches!(r, Err(ChargeError::Store(_))), "{i}: {r:?}");
+            } else {
+                assert!(r.is_ok(), "{i}: {r:?}");
+            }
+        }
+        for (user, balance, lines) in [("usr_a", 3, 8), ("usr_b", 3, 8), ("usr_bad", 10, 1)] {
+            let account = store.account(user).await.unwrap().unwrap();
+            assert_eq!(account.credits_remaining, balance, "{user}");
+            let ledger = store.ledger(user, 100).await.unwrap();
+            assert_eq!(ledger.len(), lines, "{user}");
+            assert_eq!(
+                ledger.iter().map(|l| l.amount).sum::<i64>(),
+                balance as i64,
+                "{user}: the ledger sums to the balance"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_version_2_file_gains_the_daily_limit_columns_and_keeps_its_users() {
