@@ -93,12 +93,19 @@ bench_hits() { # name url requests concurrency threads
 }
 
 echo
-echo "== mediactl bench --hits-only, serve and the ceiling"
+echo "== mediactl bench --hits-only, serve and the ceiling, alternated"
 bench_hits serve "$URL" "$HITS" 32 2
 echo "serve RSS after $HITS hits: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
-bench_hits ceiling "http://127.0.0.1:$CEILING_PORT" "$HITS" 32 2
-bench_hits serve "$URL" 20000 1 1
+# The first run above grows a new data file from nothing; the rounds compare warm servers, each
+# beside the ceiling measured just before it.
+for round in $(seq "$ROUNDS"); do
+    bench_hits ceiling "http://127.0.0.1:$CEILING_PORT" "$HITS" 32 2
+    bench_hits serve "$URL" "$HITS" 32 2
+    python3 -c 'import json, sys; s, c = (json.load(open(f))["rps"] for f in sys.argv[1:]); print(f"round: serve at {100 * s / c:.0f} % of the ceiling")' \
+        "$OUT/bench-serve-c32.json" "$OUT/bench-ceiling-c32.json"
+done
 bench_hits ceiling "http://127.0.0.1:$CEILING_PORT" 20000 1 1
+bench_hits serve "$URL" 20000 1 1
 
 echo
 echo "== wrk -t1 -d$DURATION, the same tts request (all hits), alternated with the ceiling"

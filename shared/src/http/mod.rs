@@ -384,21 +384,25 @@ async fn generate<R: DeserializeOwned>(
     let mut call = call_context(headers)?;
     call.deadline = deadline.map(|Extension(d)| d.0);
     let body = body_bytes(&call.request_id, body)?;
-    let prepared = match state.service.prepared(media_type, &body) {
-        Some(prepared) => prepared,
+    let (prepared, remembered) = match state.service.prepared(media_type, &body) {
+        Some(prepared) => (prepared, true),
         None => {
             let req = wrap(parse_json(&call.request_id, &body)?);
-            state
+            let prepared = state
                 .service
-                .prepare_body(&req, &body)
-                .map_err(|e| ApiError::new(&call.request_id, e))?
+                .prepare(&req)
+                .map_err(|e| ApiError::new(&call.request_id, e))?;
+            (prepared, false)
         }
     };
     let generation = state
         .service
-        .serve_prepared(&call, prepared)
+        .serve_prepared(&call, prepared.clone())
         .await
         .map_err(|e| ApiError::new(&call.request_id, e))?;
+    if !remembered {
+        state.service.remember_body(&body, &prepared);
+    }
     answer(state, &call, generation).await
 }
 

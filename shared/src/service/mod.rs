@@ -372,21 +372,16 @@ impl MediaService {
     }
 
     /// The request of `media_type` whose JSON body is `body`, if the same bytes were prepared
-    /// by [`MediaService::prepare_body`] before.
+    /// and served before (see [`MediaService::remember_body`]).
     pub fn prepared(&self, media_type: MediaType, body: &bytes::Bytes) -> Option<PreparedRequest> {
         self.prepared.get(media_type, body)
     }
 
-    /// Prepares `req`, parsed from `body`, and remembers it under those bytes.
-    pub fn prepare_body(
-        &self,
-        req: &MediaRequest,
-        body: &bytes::Bytes,
-    ) -> Result<PreparedRequest, ServiceError> {
-        let prepared = self.prepare(req)?;
+    /// Remembers `prepared` as what `body` makes. Called once it was served, so that requests
+    /// nobody may make (a wrong API key) cannot fill the memo.
+    pub fn remember_body(&self, body: &bytes::Bytes, prepared: &PreparedRequest) {
         self.prepared
-            .remember(prepared.0.cache_key.media_type(), body, &prepared);
-        Ok(prepared)
+            .remember(prepared.0.cache_key.media_type(), body, prepared);
     }
 
     /// Normalises, prices and keys `req`.

@@ -272,7 +272,12 @@ fn run_charges(
         let all: Vec<&Charge> = charges.iter().map(|p| &p.charge).collect();
         let ran = catch_unwind(AssertUnwindSafe(|| charge_run(conn, &all)));
         let results = match ran {
-            Ok(Ok(results)) => Some(results),
+            // One result per charge, or no reply may be dropped: the run is not kept otherwise.
+            Ok(Ok(results)) if results.len() == charges.len() => Some(results),
+            Ok(Ok(_)) => {
+                tracing::error!("a run of charges lost results; charged one by one");
+                None
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "charges run one by one");
                 None
