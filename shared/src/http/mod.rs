@@ -604,8 +604,7 @@ async fn presign_keys(
     for key in keys {
         let url = state
             .service
-            .objects()
-            .presign_get(key, expires_at)
+            .result_url(key, expires_at)
             .await
             .map_err(|e| ApiError::new(&call.request_id, ServiceError::from(e)))?;
         urls.push(url);

@@ -7,6 +7,7 @@ pub mod error;
 mod jobs;
 mod miss;
 mod prepared;
+mod urls;
 
 pub use callbacks::CallbackSigner;
 pub use error::ServiceError;
@@ -304,6 +305,8 @@ pub struct MediaService {
     private_entries: bool,
     /// Request bodies already prepared.
     prepared: prepared::PreparedRequests,
+    /// Result URLs signed this second.
+    signed_urls: urls::SignedUrls,
 }
 
 impl MediaService {
@@ -326,6 +329,7 @@ impl MediaService {
             jobs: None,
             private_entries: false,
             prepared: Default::default(),
+            signed_urls: Default::default(),
         }
     }
 
@@ -344,6 +348,17 @@ impl MediaService {
     /// The object store, for making URLs of results.
     pub fn objects(&self) -> &dyn ObjectStore {
         self.objects.as_ref()
+    }
+
+    /// A URL that reads object `key` until `expires_at` (a whole second).
+    pub async fn result_url(
+        &self,
+        key: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<String, crate::ports::ObjectError> {
+        self.signed_urls
+            .get(self.objects.as_ref(), key, expires_at)
+            .await
     }
 
     /// The clock the service runs on.
