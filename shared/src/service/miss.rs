@@ -123,7 +123,7 @@ impl MediaService {
         call: &CallContext,
         user_id: &str,
         lookup: Lookup,
-        job: MediaJob,
+        job: &MediaJob,
     ) -> Result<Answer, ServiceError> {
         let parts = self.job_parts()?;
         let budget = Budget::of(call, &parts.miss, job.generator.is_inline());
@@ -133,7 +133,7 @@ impl MediaService {
             && budget.wait_until >= budget.deadline
             && !parts.miss.is_slow(&job.generator);
         // One job id and one settlement for the request, whatever the tries below find.
-        let mut leader = self.new_job(call, user_id, &job, None, self.clock.now())?;
+        let mut leader = self.new_job(call, user_id, job, None, self.clock.now())?;
         leader.credits_charged = job.price;
         let mut settlement_sent = false;
         let mut profile = Seen::of(&lookup);
@@ -143,16 +143,14 @@ impl MediaService {
             if let Some(entry) = &seen {
                 if let Some(leader) = entry.joinable_job(now) {
                     if let Some((follower, remaining)) =
-                        self.join(call, user_id, &job, leader, profile).await?
+                        self.join(call, user_id, job, leader, profile).await?
                     {
                         return self
                             .await_job(follower, remaining, CacheOutcome::Coalesced, budget)
                             .await;
                     }
                 } else if call.cache_control.serves(entry, now) && !call.cache_control.no_cache {
-                    let generation = self
-                        .hit(call, user_id, entry.clone(), &job, profile)
-                        .await?;
+                    let generation = self.hit(call, user_id, entry.clone(), job, profile).await?;
                     return Ok(Answer::Ready(generation));
                 }
             }
@@ -172,7 +170,7 @@ impl MediaService {
                 lease_until: Some(leader.deadline),
             };
             if !settlement_sent {
-                self.send_settlement(call, &leader, &job, inline, budget)
+                self.send_settlement(call, &leader, job, inline, budget)
                     .await?;
                 settlement_sent = true;
             }
@@ -190,7 +188,7 @@ impl MediaService {
                     let media_type = job.cache_key.media_type();
                     telemetry::charged(media_type, job.price);
                     telemetry::job(media_type, "started", None);
-                    return self.lead(call, leader, &job, balance, inline, budget).await;
+                    return self.lead(call, leader, job, balance, inline, budget).await;
                 }
                 JobStart::EntryTaken(entry) => {
                     seen = Some(*entry);

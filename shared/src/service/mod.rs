@@ -383,7 +383,7 @@ impl MediaService {
         call: &CallContext,
         prepared: PreparedRequest,
     ) -> Result<Answer, ServiceError> {
-        self.serve(call, MediaJob::clone(&prepared.0)).await
+        self.serve(call, prepared.0).await
     }
 
     /// The request of `media_type` whose JSON body is `body`, if the same bytes were prepared
@@ -484,7 +484,11 @@ impl MediaService {
     }
 
     /// Auth and the cache read in one batch, then idempotency, then hit or miss.
-    async fn serve(&self, call: &CallContext, mut job: MediaJob) -> Result<Answer, ServiceError> {
+    async fn serve(
+        &self,
+        call: &CallContext,
+        mut job: Arc<MediaJob>,
+    ) -> Result<Answer, ServiceError> {
         let api_key = api_key_of(call)?;
         let digest = api_key_digest(api_key);
         let forced;
@@ -501,7 +505,9 @@ impl MediaService {
             // it (the stores remember a key's user, so this is one read once warm).
             let caller = self.store.lookup(&digest, None).await?;
             if let Some(user_id) = &caller.user_id {
-                job.cache_key = job.cache_key.private_to(user_id);
+                // The remembered job is shared: this request's copy gets the private key.
+                let private = job.cache_key.private_to(user_id);
+                Arc::make_mut(&mut job).cache_key = private;
             }
             caller
         } else {
@@ -517,8 +523,8 @@ impl MediaService {
             .ok_or(ServiceError::Unauthorized("invalid API key"))?;
 
         let result = match call.idempotency_key.as_deref() {
-            None => self.hit_or_miss(call, &user_id, lookup, job).await,
-            Some(key) => self.idempotent(call, &user_id, key, lookup, job).await,
+            None => self.hit_or_miss(call, &user_id, lookup, &job).await,
+            Some(key) => self.idempotent(call, &user_id, key, lookup, &job).await,
         };
         match &result {
             Ok(Answer::Ready(g)) => tracing::info!(
@@ -556,7 +562,7 @@ impl MediaService {
         user_id: &str,
         idempotency_key: &str,
         lookup: Lookup,
-        job: MediaJob,
+        job: &MediaJob,
     ) -> Result<Answer, ServiceError> {
         let claim = IdempotencyClaim {
             user_id: user_id.to_owned(),
@@ -598,17 +604,14 @@ impl MediaService {
         &self,
         call: &CallContext,
         user_id: &str,
-        lookup: Lookup,
-        job: MediaJob,
+        mut lookup: Lookup,
+        job: &MediaJob,
     ) -> Result<Answer, ServiceError> {
         let now = self.clock.now();
-        if let Some(entry) = lookup
-            .entry
-            .as_ref()
-            .filter(|e| call.cache_control.serves(e, now))
-        {
+        let seen = Seen::of(&lookup);
+        if let Some(entry) = lookup.entry.take_if(|e| call.cache_control.serves(e, now)) {
             return self
-                .hit(call, user_id, entry.clone(), &job, Seen::of(&lookup))
+                .hit(call, user_id, entry, job, seen)
                 .await
                 .map(Answer::Ready);
         }
