@@ -5,7 +5,7 @@
 #      against `mediactl serve` and against a trivial axum handler on two workers (the ceiling:
 #      mediactl/examples/ceiling.rs), alternated, ROUNDS times;
 #   2. `mediactl bench --hits-only` against serve and the ceiling (the bench tool's figures);
-#   3. serve's RSS after HITS hits;
+#   3. serve's RSS after HITS hits, and the CPU each request costs serve and the ceiling;
 #   4. `mediactl bench` on a Zipf(1.1) workload of 10,000 requests over 1,000 distinct at c=32,
 #      with provider calls read from the simulator and the credits checked against the balance.
 # Builds with the `bench` profile (opt-level 3): the release profile is sized for Lambda.
@@ -121,6 +121,28 @@ done
 echo
 
 echo "serve RSS after the wrk runs too: $(awk '/VmRSS/ {printf "%.1f MB", $2 / 1024}' /proc/$SERVE_PID/status)"
+
+# CPU per hit: the CPU time of each of a server's threads (utime + stime in /proc) over the
+# requests wrk made at c=32. Steadier than req/s on a machine shared with the load generator.
+cpu_ticks() { # pid -> "thread-name ticks" lines, summed by name
+    for t in /proc/"$1"/task/*; do
+        echo "$(tr ' ' '_' < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+    done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
+cpu_per_request() { # name pid port
+    local before after requests
+    before=$(cpu_ticks "$2")
+    wrk -t1 -c32 -d"$DURATION" -s "$OUT/post.lua" "http://127.0.0.1:$3/api/v1/media/tts" > "$OUT/wrk-cpu-$1.txt"
+    after=$(cpu_ticks "$2")
+    requests=$(awk '/requests in/ {print $1}' "$OUT/wrk-cpu-$1.txt")
+    join <(echo "$before") <(echo "$after") | awk -v n="$requests" -v hz="$(getconf CLK_TCK)" -v name="$1" '
+        { d = ($3 - $2) * 1e6 / hz / n; total += d; line = line sprintf(", %s %.1f", $1, d) }
+        END { printf "%-8s %.1f us of CPU a request (%d requests%s)\n", name, total, n, line }'
+}
+echo
+echo "== CPU per request at c=32 (wrk -t1 -d$DURATION)"
+cpu_per_request ceiling "${PIDS[0]}" "$CEILING_PORT"
+cpu_per_request serve "$SERVE_PID" "$SERVE_PORT"
 
 echo
 echo "== mediactl bench: Zipf(1.1), 10,000 requests over 1,000 distinct, c=32"
