@@ -10,6 +10,7 @@
 # cargo-lambda (in .venv from scripts/requirements-test.txt) and ends with "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 source scripts/sample_events.sh
 
 VENV=${VENV:-.venv}
@@ -43,28 +44,20 @@ finish() {
 # A step that cannot go on: its failure, what the background processes said, the count.
 abort() {
     fail "$*"
+    echo "disk: $(disk_report)"
     for log in "$LOGS"/*.log; do
         [ -f "$log" ] && { echo "--- $(basename "$log") (last lines)"; tail -n 25 "$log"; }
     done
     finish
-}
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# Waits up to $1 seconds for the command after it to succeed.
-wait_for() {
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.5
-    done
 }
 # Runs a block in the background in a process group of its own (stopped by cleanup).
 start_block() {
     setsid bash -c "$1" >"$2" 2>&1 </dev/null &
     GROUPS_STARTED+=("$!")
 }
+
+# A command that fails where the script does not expect it ends the run with its line, not silently.
+trap 'abort "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 
 command -v cargo-lambda >/dev/null || abort "cargo-lambda is not installed (pip install -r scripts/requirements-test.txt)"
 
@@ -124,7 +117,7 @@ for path in events/*.json; do
     function=${function,,}
     started=$SECONDS
     answer=$(invoke "$function" "$file") || true
-    got=$(grep -o '"statusCode":[0-9]*' <<<"$answer" | head -1 | cut -d: -f2)
+    got=$(grep -o '"statusCode":[0-9]*' <<<"$answer" | head -1 | cut -d: -f2) || true
     if [ "$got" = "$status" ]; then
         pass "$function $file: statusCode $got ($((SECONDS - started)) s)"
         [ "$status" = 202 ] && QUEUED_JOBS+=("$(grep -o 'job_[0-9a-f]*' <<<"$answer" | head -1)")
@@ -148,7 +141,7 @@ if out=$(timeout 600 bash -euo pipefail -c "${BLOCKS[1]}" 2>&1) &&
 else
     fail "terminal 2: ${out:0:600}"
 fi
-JOB=$(grep -o '"job_id":"job_[0-9a-f]*"' <<<"$out" | head -1 | cut -d'"' -f4)
+JOB=$(grep -o '"job_id":"job_[0-9a-f]*"' <<<"$out" | head -1 | cut -d'"' -f4) || true
 [ -n "$JOB" ] || abort "terminal 2: no job id in its output"
 
 # Terminal 3: the worker.
@@ -183,7 +176,7 @@ for job in "${QUEUED_JOBS[@]}"; do
         grep -q '"status":"\(completed\|failed\)"' <<<"$out" && break
         sleep 1
     done
-    media=$(grep -o '"media_type":"[a-z]*"' <<<"$out" | cut -d'"' -f4)
+    media=$(grep -o '"media_type":"[a-z]*"' <<<"$out" | cut -d'"' -f4) || true
     if grep -q '"status":"completed"' <<<"$out"; then
         pass "the worker completed the ${media:-?} job $job ($((SECONDS - started)) s)"
     else

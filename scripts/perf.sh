@@ -14,6 +14,7 @@
 #     DURATION=5s ROUNDS=1 scripts/perf.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 
 DURATION=${DURATION:-8s}
 ROUNDS=${ROUNDS:-2}
@@ -28,7 +29,6 @@ cargo build --profile bench -p mediactl --bin mediactl --example ceiling 2>&1 | 
 BIN=target/release/mediactl
 CEILING_BIN=target/release/examples/ceiling
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 DATA=$(mktemp -d)
 PIDS=()

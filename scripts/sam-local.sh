@@ -13,6 +13,7 @@
 # it; it ends with "sam-local: N passed, N failed". x86_64 Linux, as root (apt-get, dockerd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
 source scripts/sample_events.sh
 
 VENV=${VENV:-.venv}
@@ -91,22 +92,11 @@ finish() {
 abort() {
     fail "$1"
     shift
+    echo "disk: $(disk_report)"
     for log in "$@"; do
         [ -f "$log" ] && { echo "--- $log (last lines)"; tail -n 30 "$log"; }
     done
     finish
-}
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# Waits up to $1 seconds for the command after it to succeed.
-wait_for() {
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.5
-    done
 }
 # Runs a command line in the background in a process group of its own (stopped by cleanup).
 start_group() {
@@ -119,6 +109,9 @@ network_state() {
     sysctl -n net.ipv4.ip_forward 2>&1 || true
     ip -o link show | awk -F': ' '{ print $2 }'
 }
+
+# A command that fails where the script does not expect it ends the run with its line, not silently.
+trap 'abort "line $LINENO: \"$BASH_COMMAND\" failed"' ERR
 
 [ "$(uname -m)" = x86_64 ] || abort "the stand-in image is made from this machine's x86_64 glibc"
 
@@ -141,14 +134,16 @@ if ! command -v dockerd >/dev/null || ! command -v busybox >/dev/null; then
 fi
 if ! "$VENV/bin/python" -c "import moto, boto3" 2>/dev/null || [ ! -x "$VENV/bin/cargo-lambda" ]; then
     echo "== installing the test tools (AWS emulator, cargo-lambda) into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    { python3 -m venv "$VENV" &&
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt; } \
+        >"$LOGS/venv.log" 2>&1 || abort "installing the test tools into $VENV" "$LOGS/venv.log"
 fi
 SAM_VERSION=$(sed -n 's/^aws-sam-cli==//p' scripts/requirements-sam.txt)
 if [ "$("$SAM_VENV/bin/python" -c 'import samcli; print(samcli.__version__)' 2>/dev/null)" != "$SAM_VERSION" ]; then
     echo "== installing SAM CLI $SAM_VERSION into $SAM_VENV"
-    python3 -m venv "$SAM_VENV"
-    "$SAM_VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-sam.txt
+    { python3 -m venv "$SAM_VENV" &&
+        "$SAM_VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-sam.txt; } \
+        >"$LOGS/venv-sam.log" 2>&1 || abort "installing SAM CLI $SAM_VERSION into $SAM_VENV" "$LOGS/venv-sam.log"
 fi
 SAM=("$SAM_VENV/bin/python" scripts/sam_host_network.py)
 

@@ -13,13 +13,24 @@
 #                                after the same formatting and lint checks; none of those four
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/common.sh
+
+# A full run from a clean clone writes about 6 GB (target/, the two venvs, Docker's images). A full
+# disk fails pip, cargo and Docker in ways that do not say so: say it first.
+NEEDED_GB=8
+free_gb=$(df -B1G --output=avail . | tail -1 | tr -d ' ')
+echo "== disk: $(disk_report)"
+if ((free_gb < NEEDED_GB)); then
+    echo "== WARNING: ${free_gb} GB free where the build goes; a full run from a clean clone needs about $NEEDED_GB GB" >&2
+fi
 
 VENV=.venv
 if ! "$VENV/bin/python" -c "import moto, cfnlint, flask, openai, openapi_spec_validator, schemathesis" 2>/dev/null ||
     [ ! -x "$VENV/bin/cargo-lambda" ]; then
     echo "== installing the test tools (AWS emulator, cfn-lint, schemathesis...) into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    python3 -m venv "$VENV" &&
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements-test.txt ||
+        { echo "== FAILED: installing the test tools into $VENV (disk: $(disk_report))" >&2; exit 1; }
 fi
 
 # The dashboard is checked in a real browser (mediactl/tests/observe.rs): Debian's Chromium.
