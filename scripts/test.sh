@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
-# A full run from a clean clone writes about 6 GB (target/, the two venvs, Docker's images). A full
+# A full run from a clean clone writes about 7 GB (target/, the two venvs, Docker's images). A full
 # disk fails pip, cargo and Docker in ways that do not say so: say it first.
 NEEDED_GB=8
 free_gb=$(df -B1G --output=avail . | tail -1 | tr -d ' ')
