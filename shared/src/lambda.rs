@@ -211,7 +211,32 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
             aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new(),
         );
     }
-    loader.load().await
+    with_blank_settings_unset(loader.load().await)
+}
+
+/// The SDK configuration with its per-service settings (`AWS_ENDPOINT_URL`,
+/// `AWS_ENDPOINT_URL_DYNAMODB`...) read through [`BlankIsUnset`].
+fn with_blank_settings_unset(sdk: aws_config::SdkConfig) -> aws_config::SdkConfig {
+    let loaded = sdk.clone();
+    sdk.into_builder()
+        .service_config(BlankIsUnset(loaded))
+        .build()
+}
+
+/// Per-service settings from the environment and profile, with a blank value read as unset. The
+/// template declares `AWS_ENDPOINT_URL` empty (so that `sam local invoke --env-vars` may set it),
+/// and each client reads its endpoint here: an empty one reached the endpoint resolver as the URL
+/// "", which panics on the first call (aws-smithy-types: "URL was unset").
+#[derive(Debug)]
+struct BlankIsUnset(aws_config::SdkConfig);
+
+impl aws_types::service_config::LoadServiceConfig for BlankIsUnset {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        self.0
+            .service_config()?
+            .load_config(key)
+            .filter(|value| !value.trim().is_empty())
+    }
 }
 
 /// What the SDK's default chains would find first in the environment, as Lambda sets it
@@ -826,6 +851,80 @@ mod tests {
         assert_eq!(
             request_budget(600_000, now, Duration::from_secs(2)),
             Duration::from_secs(28)
+        );
+    }
+
+    /// A stand-in for the environment: `AWS_ENDPOINT_URL` set to the given value.
+    #[derive(Debug)]
+    struct EndpointSetting(String);
+
+    impl aws_types::service_config::LoadServiceConfig for EndpointSetting {
+        fn load_config(
+            &self,
+            key: aws_types::service_config::ServiceConfigKey<'_>,
+        ) -> Option<String> {
+            (key.env() == "AWS_ENDPOINT_URL").then(|| self.0.clone())
+        }
+    }
+
+    /// A DynamoDB client configured as `sdk_config` configures it, with `AWS_ENDPOINT_URL` set to
+    /// `endpoint`.
+    fn dynamodb_with_endpoint_setting(endpoint: &str) -> aws_sdk_dynamodb::Client {
+        let sdk = with_blank_settings_unset(
+            aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .http_client(SharedHttpClient::new(SdkHttpClient::default()))
+                .service_config(EndpointSetting(endpoint.to_string()))
+                .build(),
+        );
+        let credentials = aws_sdk_dynamodb::config::Credentials::new("a", "b", None, None, "test");
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .credentials_provider(credentials)
+                .build(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_empty_endpoint_setting_is_no_endpoint_setting() {
+        // As the template leaves it on AWS. Read as the URL "", the first call panicked.
+        let client = dynamodb_with_endpoint_setting("");
+        let call = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.describe_table().table_name("t").send(),
+        )
+        .await;
+        // This machine has no route to AWS: the call fails on its way to the region's endpoint
+        // (DNS or connect) or outlasts the wait; it must not fail to be built.
+        if let Ok(Err(e)) = &call {
+            assert!(
+                matches!(
+                    e,
+                    aws_sdk_dynamodb::error::SdkError::DispatchFailure(_)
+                        | aws_sdk_dynamodb::error::SdkError::TimeoutError(_)
+                ),
+                "{e:?}"
+            );
+        }
+        assert!(
+            !matches!(call, Ok(Ok(_))),
+            "no answer can come from AWS here"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_set_endpoint_setting_is_where_the_calls_go() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = dynamodb_with_endpoint_setting(&format!("http://{address}"));
+        let call =
+            tokio::spawn(async move { client.describe_table().table_name("t").send().await });
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+        call.abort();
+        assert!(
+            matches!(accepted, Ok(Ok(_))),
+            "the call did not come to {address}"
         );
     }
 
