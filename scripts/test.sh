@@ -21,7 +21,7 @@ NEEDED_GB=8
 free_gb=$(df -B1G --output=avail . | tail -1 | tr -d ' ')
 echo "== disk: $(disk_report)"
 if ((free_gb < NEEDED_GB)); then
-    echo "== WARNING: ${free_gb} GB free where the build goes; a full run from a clean clone needs about $NEEDED_GB GB" >&2
+    echo "== WARNING: ${free_gb} GB free where the build goes; a full run from a clean clone needs about 7 GB (this warns under $NEEDED_GB)" >&2
 fi
 
 VENV=.venv
@@ -49,7 +49,7 @@ echo "== cfn-lint template.yaml"
 echo "== openapi-spec-validator openapi.yaml"
 "$VENV/bin/openapi-spec-validator" openapi.yaml
 
-PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 mkdir -p target
 "$VENV/bin/python" scripts/moto_server.py "$PORT" > target/moto.log 2>&1 &
 MOTO_PID=$!
